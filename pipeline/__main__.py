@@ -1,0 +1,32 @@
+"""``python -m pipeline <stage> [args]``: run one stage; errors become one line and exit 1."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+STAGES = ("download", "validate", "prepare", "stats")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in STAGES:
+        print(f"usage: python -m pipeline {{{','.join(STAGES)}}} [args]  (got {argv[:1] or 'nothing'})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    from pipeline.errors import PipelineError
+
+    # Import lazily: a stage that does not train must not pay for TensorFlow.
+    module = importlib.import_module(f"pipeline.{argv[0]}")
+    try:
+        module.main(argv[1:])
+    except PipelineError as exc:
+        logging.getLogger(f"pipeline.{argv[0]}").error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

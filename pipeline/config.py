@@ -1,0 +1,353 @@
+"""Load ``params.yaml`` once into typed, validated objects.
+
+Stages receive these objects (or plain values taken from them); no other
+module reads ``params.yaml``. Every check names the offending key with its
+full dotted path and, for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+DATASETS: tuple[str, ...] = ("pets", "houses")
+PROFILES: tuple[str, ...] = ("demo", "real")
+RESIZE_MODES: tuple[str, ...] = ("squash", "crop", "pad")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+HOUSE_ROOMS: tuple[str, ...] = ("bathroom", "bedroom", "frontal", "kitchen")
+
+
+class ConfigError(PipelineError):
+    """A params key is unknown, missing or has a bad value."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _section(value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping:
+    """Check that ``value`` is a mapping with exactly the allowed keys; ``where`` is its dotted path ("" at the top)."""
+    allowed = ", ".join(sorted(required + optional))
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where or 'params'}: expected a mapping with keys {allowed}, got {value!r}")
+    unknown = sorted(set(value) - set(required) - set(optional))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{key}: unknown key; allowed keys{' of ' + where if where else ''}: {allowed}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        key = f"{where}.{missing[0]}" if where else missing[0]
+        raise ConfigError(f"{key}: missing key (required: {', '.join(required)})")
+    return value
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _number(value: Any, where: str, lo: float | None = None, hi: float | None = None, integer: bool = False) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{where}: {value!r} is outside [{lo}, {hi}]")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _range(value: Any, where: str) -> tuple[float, float]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ConfigError(f"{where}: expected [min, max], got {value!r}")
+    lo, hi = (_number(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if lo > hi:
+        raise ConfigError(f"{where}: min {lo} is greater than max {hi}")
+    return float(lo), float(hi)
+
+
+def _sha256(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not (isinstance(value, str) and re.fullmatch(r"[0-9a-fA-F]{64}", value)):
+        raise ConfigError(f"{where}: expected null or 64 hex digits, got {value!r}")
+    return value.lower()
+
+
+def _text(value: Any, where: str) -> str:
+    if not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one dataset's archive comes from."""
+
+    url: str
+    sha256: str | None
+    mirror_file: str
+    mirror_sha256: str | None
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    max_bytes: int
+    max_files: int
+    max_ratio: float
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    seed: int
+    pets: dict[str, int]
+    houses: int
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    profile: str
+    mirror: str | None
+    timeout_s: float
+    retries: int
+    extract: ExtractLimits
+    demo: DemoConfig
+
+
+def _data(d: Any) -> DataConfig:
+    d = _section(d, "data", ("profile", "mirror", "timeout_s", "retries", "extract", "demo"))
+    ex = _section(d["extract"], "data.extract", ("max_bytes", "max_files", "max_ratio"))
+    demo = _section(d["demo"], "data.demo", ("seed", "pets", "houses"))
+    pets = _section(demo["pets"], "data.demo.pets", ("Cat", "Dog"))
+    mirror = d["mirror"]
+    if mirror is not None:
+        _text(mirror, "data.mirror")
+    return DataConfig(
+        profile=_choice(d["profile"], "data.profile", PROFILES),
+        mirror=mirror,
+        timeout_s=float(_number(d["timeout_s"], "data.timeout_s", 1)),
+        retries=_number(d["retries"], "data.retries", 0, 100, integer=True),
+        extract=ExtractLimits(
+            max_bytes=_number(ex["max_bytes"], "data.extract.max_bytes", 1, integer=True),
+            max_files=_number(ex["max_files"], "data.extract.max_files", 1, integer=True),
+            max_ratio=float(_number(ex["max_ratio"], "data.extract.max_ratio", 1)),
+        ),
+        demo=DemoConfig(
+            seed=_number(demo["seed"], "data.demo.seed", 0, integer=True),
+            pets={k: _number(v, f"data.demo.pets.{k}", 10, 100000, integer=True) for k, v in pets.items()},
+            houses=_number(demo["houses"], "data.demo.houses", 40, 100000, integer=True),
+        ),
+    )
+
+
+def _sources(d: Any) -> dict[str, Source]:
+    d = _section(d, "datasets", DATASETS)
+    out = {}
+    for name in DATASETS:
+        where = f"datasets.{name}"
+        s = _section(d[name], where, ("url", "sha256", "mirror"))
+        m = _section(s["mirror"], f"{where}.mirror", ("file", "sha256"))
+        out[name] = Source(
+            url=_text(s["url"], f"{where}.url"),
+            sha256=_sha256(s["sha256"], f"{where}.sha256"),
+            mirror_file=_text(m["file"], f"{where}.mirror.file"),
+            mirror_sha256=_sha256(m["sha256"], f"{where}.mirror.sha256"),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@dataclass(frozen=True)
+class PetsChecks:
+    classes: tuple[str, ...]
+    min_side: int
+    max_side: int
+    max_reject_rate: float
+    max_duplicate_rate: float
+
+
+@dataclass(frozen=True)
+class HousesChecks:
+    min_side: int
+    max_side: int
+    max_reject_rate: float
+    bedrooms: tuple[float, float]
+    bathrooms: tuple[float, float]
+    area: tuple[float, float]
+    price: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    workers: int
+    max_pixels: int
+    pets: PetsChecks
+    houses: HousesChecks
+
+
+def _sides(s: Mapping, where: str) -> tuple[int, int]:
+    lo = _number(s["min_side"], f"{where}.min_side", 1, integer=True)
+    hi = _number(s["max_side"], f"{where}.max_side", lo, integer=True)
+    return lo, hi
+
+
+def _validate(d: Any) -> ValidateConfig:
+    d = _section(d, "validate", ("workers", "max_pixels", "pets", "houses"))
+    p = _section(d["pets"], "validate.pets", ("classes", "min_side", "max_side", "max_reject_rate", "max_duplicate_rate"))
+    h = _section(
+        d["houses"],
+        "validate.houses",
+        ("min_side", "max_side", "max_reject_rate", "bedrooms", "bathrooms", "area", "price"),
+    )
+    classes = p["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and len(set(classes)) == len(classes)):
+        raise ConfigError(f"validate.pets.classes: expected a list of at least 2 distinct names, got {classes!r}")
+    for i, c in enumerate(classes):
+        if not (isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_-]+", c)):
+            raise ConfigError(f"validate.pets.classes[{i}]: {c!r} is not a folder name (letters, digits, _ and -)")
+    return ValidateConfig(
+        workers=_number(d["workers"], "validate.workers", 0, 256, integer=True),
+        max_pixels=_number(d["max_pixels"], "validate.max_pixels", 1, integer=True),
+        pets=PetsChecks(
+            tuple(classes),
+            *_sides(p, "validate.pets"),
+            max_reject_rate=float(_number(p["max_reject_rate"], "validate.pets.max_reject_rate", 0, 1)),
+            max_duplicate_rate=float(_number(p["max_duplicate_rate"], "validate.pets.max_duplicate_rate", 0, 1)),
+        ),
+        houses=HousesChecks(
+            *_sides(h, "validate.houses"),
+            max_reject_rate=float(_number(h["max_reject_rate"], "validate.houses.max_reject_rate", 0, 1)),
+            **{k: _range(h[k], f"validate.houses.{k}") for k in ("bedrooms", "bathrooms", "area", "price")},
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@dataclass(frozen=True)
+class Split:
+    """Split sizes: fractions of each class (``per_class=False``) or image counts per class."""
+
+    train: float
+    val: float
+    test: float
+    per_class: bool
+
+
+@dataclass(frozen=True)
+class PetsPrepare:
+    image_size: int
+    resize: str
+    split: Split
+
+
+@dataclass(frozen=True)
+class HousesPrepare:
+    photo_size: int
+    min_houses_per_zip: int
+    group_duplicates: bool
+    split: Split
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    seed: int
+    shard_size: int
+    pets: PetsPrepare
+    houses: HousesPrepare
+
+
+def _split(value: Any, where: str, counts_allowed: bool) -> Split:
+    s = _section(value, where, SPLITS)
+    vals = [s[k] for k in SPLITS]
+    for k, v in zip(SPLITS, vals):
+        _number(v, f"{where}.{k}", 0)
+    if counts_allowed and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        if vals[0] < 1:
+            raise ConfigError(f"{where}.train: needs at least 1 image per class, got {vals[0]}")
+        return Split(*map(float, vals), per_class=True)
+    if not all(isinstance(v, float) for v in vals if v != 0):
+        kinds = "fractions (0.7) or whole numbers per class (1000)" if counts_allowed else "fractions (0.7)"
+        raise ConfigError(f"{where}: give all three sizes as {kinds}, not a mix: {dict(s)}")
+    total = sum(vals)
+    if not (0 < vals[0] and 0.999 <= total <= 1.001 and vals[2] > 0):
+        raise ConfigError(f"{where}: fractions must be > 0 for train and test and sum to 1, got {dict(s)}")
+    return Split(*map(float, vals), per_class=False)
+
+
+def _prepare(d: Any) -> PrepareConfig:
+    d = _section(d, "prepare", ("seed", "shard_size", "pets", "houses"))
+    p = _section(d["pets"], "prepare.pets", ("image_size", "resize", "split"))
+    h = _section(d["houses"], "prepare.houses", ("photo_size", "min_houses_per_zip", "group_duplicates", "split"))
+    return PrepareConfig(
+        seed=_number(d["seed"], "prepare.seed", 0, 2**32 - 1, integer=True),
+        shard_size=_number(d["shard_size"], "prepare.shard_size", 1, integer=True),
+        pets=PetsPrepare(
+            image_size=_number(p["image_size"], "prepare.pets.image_size", 16, 1024, integer=True),
+            resize=_choice(p["resize"], "prepare.pets.resize", RESIZE_MODES),
+            split=_split(p["split"], "prepare.pets.split", counts_allowed=True),
+        ),
+        houses=HousesPrepare(
+            photo_size=_number(h["photo_size"], "prepare.houses.photo_size", 8, 512, integer=True),
+            min_houses_per_zip=_number(h["min_houses_per_zip"], "prepare.houses.min_houses_per_zip", 1, integer=True),
+            group_duplicates=_flag(h["group_duplicates"], "prepare.houses.group_duplicates"),
+            split=_split(h["split"], "prepare.houses.split", counts_allowed=False),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- whole file
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig
+    datasets: dict[str, Source]
+    validate: ValidateConfig
+    prepare: PrepareConfig
+
+
+SECTIONS = ("data", "datasets", "validate", "prepare")
+
+
+def parse(raw: Any) -> Params:
+    """Validate a params mapping (as read from YAML) into :class:`Params`."""
+    raw = _section(raw, "", SECTIONS)
+    return Params(
+        data=_data(raw["data"]),
+        datasets=_sources(raw["datasets"]),
+        validate=_validate(raw["validate"]),
+        prepare=_prepare(raw["prepare"]),
+    )
+
+
+def load(path: Path = Path("params.yaml")) -> Params:
+    """Read and validate ``params.yaml``; errors name the file and the key."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,163 @@
+"""Decoding checks for one image file, shared by the validate stage and its tests.
+
+Pure functions on bytes: no params, no paths beyond the one being read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_EXPECTED_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WEBP"}
+_MODE_NOTES = {
+    "L": "grayscale (mode L)",
+    "LA": "grayscale with alpha (mode LA)",
+    "CMYK": "CMYK (mode CMYK)",
+    "P": "palette colours (mode P)",
+    "RGBA": "alpha channel (mode RGBA)",
+    "1": "black and white (mode 1)",
+    "I;16": "16-bit grayscale (mode I;16)",
+}
+# Pillow does not expose libjpeg's "N extraneous bytes before marker 0xd9"
+# warning. A heuristic stands in: encoders pad the last entropy-coded byte
+# with 1-bits, and a flat image coded with short all-zero codes yields at most
+# a few zero bytes, so a longer zero run just before EOI is skipped padding.
+_MIN_ZERO_RUN = 16
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Acceptance limits; ``max_pixels`` guards against decompression bombs."""
+
+    min_side: int
+    max_side: int
+    max_pixels: int
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<html", b"<!doctype html", b"<?xml", b"<body")) or b"<html" in head:
+        return "an HTML/XML page"
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "an OLE2 compound file (e.g. Windows Thumbs.db)"
+    return f"unrecognised data starting with {data[:8].hex()}"
+
+
+def _jpeg_notes(data: bytes) -> list[str]:
+    notes = []
+    if data[2:4] != b"\xff\xe0" or data[6:11] != b"JFIF\x00":
+        app = "Exif (APP1)" if data[2:4] == b"\xff\xe1" else f"marker {data[2:4].hex()}"
+        notes.append(f"no JFIF header ({app} first)")
+    eoi = data.rfind(b"\xff\xd9")
+    if eoi < 0:
+        notes.append("no EOI marker")
+        return notes
+    if len(data) > eoi + 2:
+        notes.append(f"{len(data) - eoi - 2} trailing bytes after the EOI marker")
+    body = data[:eoi]
+    zeros = len(body) - len(body.rstrip(b"\x00"))
+    if zeros >= _MIN_ZERO_RUN:
+        notes.append(f"{zeros} extraneous zero bytes before the EOI marker")
+    return notes
+
+
+def _decode(data: bytes, suffix: str, limits: ImageLimits, row: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """Fully decode ``data``; fill ``row``; return (rejection reason or None, warnings)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                row.update(format=im.format, mode=im.mode, width=w, height=h)
+                if w * h > limits.max_pixels:
+                    return f"too large: {w}x{h} = {w * h} pixels exceeds max_pixels={limits.max_pixels}", []
+                im.load()
+                frames = getattr(im, "n_frames", 1)
+    except Image.DecompressionBombError as exc:
+        return f"too large: {exc}", []
+    except UnidentifiedImageError:
+        return f"not an image: {_sniff(data)}", []
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return f"corrupt or truncated image data: {exc}", []
+    if min(w, h) < limits.min_side:
+        return f"too small: {w}x{h}, shorter side under min_side={limits.min_side}", []
+    if max(w, h) > limits.max_side:
+        return f"too large: {w}x{h}, longer side over max_side={limits.max_side}", []
+    notes = []
+    expected = _EXPECTED_FORMAT.get(suffix.lower())
+    if expected and row["format"] != expected:
+        notes.append(f"{row['format']} data behind a {suffix} name")
+    if row["mode"] != "RGB":
+        notes.append(f"{_MODE_NOTES.get(row['mode'], 'mode ' + row['mode'])}, converted to RGB")
+    if frames > 1:
+        notes.append(f"{frames} frames, the first is used")
+    if row["format"] == "JPEG":
+        notes += _jpeg_notes(data)
+    return None, notes
+
+
+def inspect(path: Path, rel: str, limits: ImageLimits) -> dict[str, Any]:
+    """Read and fully decode one file; return its manifest row.
+
+    ``status`` is ``accepted`` or ``rejected``; ``reason`` says why a file was
+    rejected and ``warning`` what is unusual about an accepted one. The file
+    is only read, never modified.
+    """
+    data = path.read_bytes()
+    row: dict[str, Any] = {
+        "path": rel,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "format": None,
+        "mode": None,
+        "width": None,
+        "height": None,
+    }
+    if not data:
+        reason, notes = "empty file (0 bytes)", []
+    else:
+        reason, notes = _decode(data, path.suffix, limits, row)
+    row.update(status="rejected" if reason else "accepted", reason=reason, warning="; ".join(notes) or None)
+    return row
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any decodable mode to RGB (alpha composited on white, CMYK through Pillow's conversion)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def resize(im: Image.Image, size: int, mode: str) -> Image.Image:
+    """Square ``size`` x ``size``: ``squash`` (the seed's target_size), ``crop`` (centre) or ``pad`` (black bars)."""
+    box = (size, size)
+    if mode == "squash":
+        return im.resize(box, Image.Resampling.BILINEAR)
+    if mode == "crop":
+        return ImageOps.fit(im, box, Image.Resampling.BILINEAR)
+    if mode == "pad":
+        return ImageOps.pad(im, box, Image.Resampling.BILINEAR, color=(0, 0, 0))
+    raise ValueError(f"unknown resize mode {mode!r} (squash, crop, pad)")
+
+
+def load(path: Path, size: int, mode: str = "squash") -> np.ndarray:
+    """Decode ``path``, convert to RGB and resize: the one image preprocessing of training and serving."""
+    with Image.open(path) as im:
+        return np.asarray(resize(to_rgb(im), size, mode), dtype=np.uint8)
+
+
+def montage(photos: list[np.ndarray]) -> np.ndarray:
+    """Tile 4 equal photos 2x2 as the seed does: [0 1] on top, [3 2] below."""
+    a, b, c, d = photos
+    return np.concatenate([np.concatenate([a, b], axis=1), np.concatenate([d, c], axis=1)], axis=0)

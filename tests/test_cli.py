@@ -1,0 +1,66 @@
+"""Tests for ``python -m pipeline``: usage errors exit 2, pipeline errors become one line and exit 1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline_project import REPO, edit_params
+
+
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GX_ANALYTICS_ENABLED": "false"}
+    command = [sys.executable, "-m", "pipeline", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("args", [(), ("train", "pets")], ids=["nothing", "unknown-stage"])
+def test_usage(project: Path, args: tuple[str, ...]) -> None:
+    result = cli(project, *args)
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1
+    assert lines[0].startswith("usage: python -m pipeline {download,validate,prepare,stats} [args]")
+    assert (f"(got ['{args[0]}'])" if args else "(got nothing)") in lines[0]
+
+
+def test_validate_before_download(project: Path) -> None:
+    result = cli(project, "validate", "pets")
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1
+    assert lines[0].startswith("ERROR pipeline.validate: data/raw/pets: not found")
+    assert not (project / "reports").exists()
+
+
+def test_bad_params_key(project: Path) -> None:
+    edit_params(project, "data.extract.max_bytez", 5)
+    result = cli(project, "download", "pets")
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1
+    assert "params.yaml: data.extract.max_bytez: unknown key" in lines[0]
+    assert "max_bytes, max_files, max_ratio" in lines[0]
+    assert not (project / "data").exists()
+
+
+def test_unknown_dataset(project: Path) -> None:
+    result = cli(project, "download", "cats")
+    assert result.returncode == 2
+    assert "invalid choice: 'cats' (choose from 'pets', 'houses')" in result.stderr
+    assert not (project / "data").exists()
+
+
+def test_missing_dataset_argument(project: Path) -> None:
+    result = cli(project, "stats")
+    assert result.returncode == 2
+    assert "the following arguments are required: dataset" in result.stderr

@@ -1,0 +1,171 @@
+"""Tests for pipeline.config: params.yaml parsing and the messages of its errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline import config
+from pipeline.config import ConfigError, Split
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+RAW = yaml.safe_load(REPO_PARAMS.read_text())
+_DELETE = object()
+
+
+def with_change(dotted: str, value: Any) -> dict:
+    """A deep copy of the repository's params with ``dotted`` set to ``value`` (or removed)."""
+    raw = copy.deepcopy(RAW)
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+def error_of(raw: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        config.parse(raw)
+    return str(info.value)
+
+
+# --------------------------------------------------------------------------- the real file
+
+
+def test_repository_params_parse() -> None:
+    params = config.parse(copy.deepcopy(RAW))
+    assert params.data.profile in config.PROFILES
+    assert params.data.demo.pets == RAW["data"]["demo"]["pets"]
+    assert params.data.extract.max_bytes == RAW["data"]["extract"]["max_bytes"]
+    assert set(params.datasets) == set(config.DATASETS)
+    assert params.datasets["pets"].mirror_file == RAW["datasets"]["pets"]["mirror"]["file"]
+    assert params.validate.pets.classes == tuple(RAW["validate"]["pets"]["classes"])
+    assert params.validate.houses.price == tuple(float(v) for v in RAW["validate"]["houses"]["price"])
+    assert params.prepare.seed == RAW["prepare"]["seed"]
+    assert params.prepare.pets.resize in config.RESIZE_MODES
+    split = params.prepare.pets.split
+    assert split.per_class is False
+    assert split.train + split.val + split.test == pytest.approx(1.0)
+    assert params.prepare.houses.split.per_class is False
+    assert params.prepare.houses.group_duplicates is RAW["prepare"]["houses"]["group_duplicates"]
+
+
+def test_load_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(REPO_PARAMS.read_text())
+    assert config.load(path) == config.parse(copy.deepcopy(RAW))
+
+
+def test_sha256_is_lowercased() -> None:
+    digest = "AB" * 32
+    params = config.parse(with_change("datasets.houses.sha256", digest))
+    assert params.datasets["houses"].sha256 == digest.lower()
+
+
+def test_per_class_counts_parse_as_counts() -> None:
+    params = config.parse(with_change("prepare.pets.split", {"train": 1000, "val": 500, "test": 500}))
+    assert params.prepare.pets.split == Split(1000.0, 500.0, 500.0, per_class=True)
+
+
+def test_zero_val_fraction_is_allowed() -> None:
+    params = config.parse(with_change("prepare.houses.split", {"train": 0.75, "val": 0, "test": 0.25}))
+    assert params.prepare.houses.split == Split(0.75, 0.0, 0.25, per_class=False)
+
+
+# --------------------------------------------------------------------------- bad values
+
+BAD = [
+    # (dotted key to change, new value, key the message must name, further fragments it must contain)
+    ("data.extract.max_bytez", 5, "data.extract.max_bytez", ["unknown key", "max_bytes, max_files, max_ratio"]),
+    ("validate.pets.colour", "red", "validate.pets.colour", ["unknown key", "classes", "max_duplicate_rate"]),
+    ("datasets.cats", {"url": "x"}, "datasets.cats", ["unknown key", "houses, pets"]),
+    ("data.profile", "fake", "data.profile", ["'fake'", "demo, real"]),
+    ("prepare.pets.resize", "stretch", "prepare.pets.resize", ["'stretch'", "squash, crop, pad"]),
+    ("data.retries", "three", "data.retries", ["expected an integer"]),
+    ("data.demo.seed", 1.5, "data.demo.seed", ["expected an integer"]),
+    ("data.timeout_s", True, "data.timeout_s", ["expected a number"]),
+    ("data.extract.max_ratio", float("nan"), "data.extract.max_ratio", ["expected a number"]),
+    ("validate.houses.price", 1000, "validate.houses.price", ["expected [min, max]"]),
+    ("validate.houses.area", [100, "big"], "validate.houses.area[1]", ["expected a number"]),
+    ("validate.houses.area", [500, 100], "validate.houses.area", ["min 500", "max 100"]),
+    ("validate.pets.classes", "Cat", "validate.pets.classes", ["at least 2 distinct"]),
+    ("validate.pets.classes", ["Cat", "Dog/x"], "validate.pets.classes[1]", ["'Dog/x'"]),
+    ("data.retries", -1, "data.retries", ["-1", "outside"]),
+    ("prepare.shard_size", 0, "prepare.shard_size", ["outside"]),
+    ("validate.pets.max_reject_rate", -0.1, "validate.pets.max_reject_rate", ["outside"]),
+    ("validate.pets.max_side", 8, "validate.pets.max_side", ["outside"]),
+    ("data.demo.pets", {"Cat": 240}, "data.demo.pets.Dog", ["missing key"]),
+    ("validate.houses.price", _DELETE, "validate.houses.price", ["missing key"]),
+    ("datasets.pets.sha256", "abc123", "datasets.pets.sha256", ["64 hex digits", "'abc123'"]),
+    ("datasets.houses.mirror.sha256", "z" * 64, "datasets.houses.mirror.sha256", ["64 hex digits"]),
+    ("data.mirror", "", "data.mirror", ["non-empty string"]),
+    ("prepare.pets.split", {"train": 0.7, "val": 0.2, "test": 0.2}, "prepare.pets.split", ["sum to 1"]),
+    ("prepare.houses.split", {"train": 0.8, "val": 0.2, "test": 0.0}, "prepare.houses.split", ["> 0 for train and test"]),
+    ("prepare.pets.split", {"train": 0.7, "val": 100, "test": 0.15}, "prepare.pets.split", ["not a mix", "whole numbers"]),
+    ("prepare.pets.split", {"train": 0, "val": 5, "test": 5}, "prepare.pets.split.train", ["at least 1 image"]),
+    ("prepare.pets.split", {"train": 0.7, "val": 0.3}, "prepare.pets.split.test", ["missing key"]),
+    ("prepare.houses.split", {"train": 100, "val": 20, "test": 40}, "prepare.houses.split", ["fractions (0.7)"]),
+    ("prepare.houses.group_duplicates", "yes", "prepare.houses.group_duplicates", ["expected true or false", "'yes'"]),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "named", "fragments"), BAD, ids=[f"{b[0]}={b[1]!r}"[:60] for b in BAD])
+def test_bad_value_names_the_key(key: str, value: Any, named: str, fragments: list[str]) -> None:
+    message = error_of(with_change(key, value))
+    assert message.startswith(named + ":") or message.startswith(named + " "), message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_counts_for_houses_are_not_taken_as_counts() -> None:
+    # the same sizes that parse as per-class counts for pets are refused for houses
+    sizes = {"train": 100, "val": 20, "test": 40}
+    assert config.parse(with_change("prepare.pets.split", sizes)).prepare.pets.split.per_class
+    assert "prepare.houses.split" in error_of(with_change("prepare.houses.split", sizes))
+
+
+def test_unknown_top_level_section_names_it_and_the_sections() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["trian"] = {"epochs": 3}
+    message = error_of(raw)
+    assert "trian: unknown key" in message
+    assert "data, datasets, prepare, validate" in message
+
+
+def test_not_a_mapping() -> None:
+    assert "expected a mapping" in error_of(["data"])
+    assert error_of(with_change("data.extract", 5)).startswith("data.extract: expected a mapping")
+
+
+# --------------------------------------------------------------------------- load
+
+
+def test_load_missing_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "params.yaml"
+    with pytest.raises(ConfigError, match="file not found") as info:
+        config.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_invalid_yaml_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  profile: [demo\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        config.load(path)
+    assert str(info.value).startswith(f"{path}:")
+
+
+def test_load_prefixes_the_file_to_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(with_change("prepare.pets.resize", "stretch")))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value).startswith(f"{path}: prepare.pets.resize: 'stretch' is not one of squash, crop, pad")
