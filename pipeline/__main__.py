@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-STAGES = ("download", "validate", "prepare", "stats")
+STAGES = ("download", "validate", "prepare", "stats", "augment", "train", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -314,6 +314,134 @@ def _prepare(d: Any) -> PrepareConfig:
     )
 
 
+# --------------------------------------------------------------------------- augment
+
+FILL_MODES: tuple[str, ...] = ("nearest", "reflect", "constant", "wrap")
+_POLICY_FRACTIONS = ("translation", "shear", "zoom", "brightness", "contrast", "saturation")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    seed: int
+    preview: int
+    policy: dict[str, Any]  # keyword arguments of pipeline.augmentation.Policy
+
+
+def _augment(d: Any) -> AugmentConfig:
+    d = _section(d, "augment", ("seed", "preview", "policy"))
+    keys = ("flip", "crop", "rotation", *_POLICY_FRACTIONS, "pca_color", "fill_mode")
+    p = _section(d["policy"], "augment.policy", keys)
+    crop = float(_number(p["crop"], "augment.policy.crop", 0, 1))
+    if 0 < crop < 0.25:
+        raise ConfigError(f"augment.policy.crop: {crop} keeps under a quarter of each side; use 0 (off) or 0.25..1")
+    policy = {
+        "flip": _flag(p["flip"], "augment.policy.flip"),
+        "crop": 0.0 if crop == 1 else crop,
+        "rotation": float(_number(p["rotation"], "augment.policy.rotation", 0, 180)),
+        **{k: float(_number(p[k], f"augment.policy.{k}", 0, 1)) for k in _POLICY_FRACTIONS},
+        "pca_color": float(_number(p["pca_color"], "augment.policy.pca_color", 0, 1)),
+        "fill_mode": _choice(p["fill_mode"], "augment.policy.fill_mode", FILL_MODES),
+    }
+    return AugmentConfig(
+        seed=_number(d["seed"], "augment.seed", 0, 2**31 - 1, integer=True),
+        preview=_number(d["preview"], "augment.preview", 1, 64, integer=True),
+        policy=policy,
+    )
+
+
+# --------------------------------------------------------------------------- train
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES: tuple[str, ...] = ("constant", "inverse_time", "step", "cosine")
+LOSSES: tuple[str, ...] = ("auto", "binary_crossentropy", "mse", "mae", "mape")
+CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "inverse", "none")
+TRAIN_KEYS: tuple[str, ...] = (
+    "seed", "epochs", "batch_size", "optimizer", "learning_rate", "schedule", "decay",
+    "weight_decay", "loss", "label_smoothing", "class_weight", "early_stopping",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training knobs; a variant's ``train`` mapping overrides any of them."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    schedule: str
+    decay: float
+    weight_decay: float
+    loss: str
+    label_smoothing: float
+    class_weight: str
+    early_stopping: int
+
+
+def _train(d: Any, where: str) -> TrainConfig:
+    d = _section(d, where, TRAIN_KEYS)
+    return TrainConfig(
+        seed=_number(d["seed"], f"{where}.seed", 0, 2**31 - 1, integer=True),
+        epochs=_number(d["epochs"], f"{where}.epochs", 1, 10000, integer=True),
+        batch_size=_number(d["batch_size"], f"{where}.batch_size", 1, 65536, integer=True),
+        optimizer=_choice(d["optimizer"], f"{where}.optimizer", OPTIMIZERS),
+        learning_rate=float(_number(d["learning_rate"], f"{where}.learning_rate", 1e-8, 10)),
+        schedule=_choice(d["schedule"], f"{where}.schedule", SCHEDULES),
+        decay=float(_number(d["decay"], f"{where}.decay", 0)),
+        weight_decay=float(_number(d["weight_decay"], f"{where}.weight_decay", 0, 1)),
+        loss=_choice(d["loss"], f"{where}.loss", LOSSES),
+        label_smoothing=float(_number(d["label_smoothing"], f"{where}.label_smoothing", 0, 0.5)),
+        class_weight=_choice(d["class_weight"], f"{where}.class_weight", CLASS_WEIGHTS),
+        early_stopping=_number(d["early_stopping"], f"{where}.early_stopping", 0, 10000, integer=True),
+    )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained model: a registry family on a dataset, with its knobs and resolved training config."""
+
+    name: str
+    dataset: str
+    model: str
+    augment: bool
+    dropout: float
+    batchnorm: bool
+    width: float
+    extra: dict[str, Any]
+    train: TrainConfig
+
+
+VARIANT_KEYS = ("dataset", "model", "augment", "dropout", "batchnorm", "width", "extra", "train")
+
+
+def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
+    if not (isinstance(d, Mapping) and d):
+        raise ConfigError(f"variants: expected a mapping of variant name -> settings, got {d!r}")
+    out = {}
+    for name, v in d.items():
+        where = f"variants.{name}"
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]+", name)):
+            raise ConfigError(f"{where}: a variant name is lower-case letters, digits and _ (it names a stage and a folder)")
+        v = _section(v, where, ("dataset", "model"), VARIANT_KEYS[2:])
+        overrides = _section(v.get("train", {}), f"{where}.train", (), TRAIN_KEYS)
+        extra = v.get("extra", {})
+        if not isinstance(extra, Mapping):
+            raise ConfigError(f"{where}.extra: expected a mapping, got {extra!r}")
+        out[name] = Variant(
+            name=name,
+            dataset=_choice(v["dataset"], f"{where}.dataset", DATASETS),
+            model=_text(v["model"], f"{where}.model"),
+            augment=_flag(v.get("augment", False), f"{where}.augment"),
+            dropout=float(_number(v.get("dropout", 0.0), f"{where}.dropout", 0, 0.95)),
+            batchnorm=_flag(v.get("batchnorm", False), f"{where}.batchnorm"),
+            width=float(_number(v.get("width", 1.0), f"{where}.width", 0.05, 8)),
+            extra=dict(extra),
+            train=_train({**train, **overrides}, f"{where}.train"),
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- whole file
 
 
@@ -323,9 +451,12 @@ class Params:
     datasets: dict[str, Source]
     validate: ValidateConfig
     prepare: PrepareConfig
+    augment: AugmentConfig
+    train: TrainConfig
+    variants: dict[str, Variant]
 
 
-SECTIONS = ("data", "datasets", "validate", "prepare")
+SECTIONS = ("data", "datasets", "validate", "prepare", "augment", "train", "variants")
 
 
 def parse(raw: Any) -> Params:
@@ -336,6 +467,9 @@ def parse(raw: Any) -> Params:
         datasets=_sources(raw["datasets"]),
         validate=_validate(raw["validate"]),
         prepare=_prepare(raw["prepare"]),
+        augment=_augment(raw["augment"]),
+        train=_train(raw["train"], "train"),
+        variants=_variants(raw["variants"], raw["train"]),
     )
 
 

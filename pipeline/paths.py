@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 DOWNLOADS = Path("data/downloads")  # archives and resumable .part files; outside DVC outs on purpose
+AUGMENTATION = Path("reports/augmentation")  # policy.json (read by train) and the preview grids
+POLICY = AUGMENTATION / "policy.json"
 
 
 def raw(dataset: str) -> Path:
@@ -25,3 +27,20 @@ def prepared(dataset: str) -> Path:
 
 def stats(dataset: str) -> Path:
     return Path("data/stats") / f"{dataset}.json"
+
+
+def model(variant: str) -> Path:
+    return Path("models") / variant
+
+
+def train_report(variant: str) -> Path:
+    return Path("reports/train") / variant
+
+
+def metrics(variant: str) -> Path:
+    return Path("reports/metrics") / f"{variant}.json"
+
+
+def plots(variant: str) -> Path:
+    return Path("reports/plots") / variant
+

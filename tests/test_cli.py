@@ -23,13 +23,13 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("args", [(), ("train", "pets")], ids=["nothing", "unknown-stage"])
+@pytest.mark.parametrize("args", [(), ("fit", "pets")], ids=["nothing", "unknown-stage"])
 def test_usage(project: Path, args: tuple[str, ...]) -> None:
     result = cli(project, *args)
     assert result.returncode == 2
     lines = error_lines(result)
     assert len(lines) == 1
-    assert lines[0].startswith("usage: python -m pipeline {download,validate,prepare,stats} [args]")
+    assert lines[0].startswith("usage: python -m pipeline {download,validate,prepare,stats,augment,train,evaluate} [args]")
     assert (f"(got ['{args[0]}'])" if args else "(got nothing)") in lines[0]
 
 

@@ -1,0 +1,325 @@
+"""Training-time image augmentation as pure TensorFlow ops, driven by a :class:`Policy`.
+
+The seed augmented with Keras' ``ImageDataGenerator`` (rotation 40, shifts
+0.2, shear 0.2, zoom 0.2, horizontal flip); AlexNet added "fancy PCA" colour
+noise along the train split's RGB eigenvectors. :func:`build` turns a policy
+into one function that works on a single image ``(H, W, 3)`` or a batch
+``(B, H, W, 3)`` of float32 0-255 pixels, eagerly or inside
+``tf.data.Dataset.map`` (graph mode), so augmentation runs in the input
+pipeline's worker threads instead of Python.
+
+Order of the ops: flip, crop, one projective transform (rotation, shear, zoom,
+translation), brightness, contrast, saturation, PCA colour, clip to [0, 255].
+
+Randomness and determinism
+--------------------------
+Every random draw is a *stateless* op (``tf.random.stateless_*``) whose seed
+is a ``[2]`` int tensor. Where that seed comes from:
+
+* By default, each call of the returned function takes a fresh seed from its
+  own ``tf.random.Generator.from_seed(seed)`` (a counter-based Philox stream).
+  Called eagerly, the n-th call of a function built with a given ``seed``
+  gets the same seed in any process, so eager results are reproducible;
+  two functions built with the same seed produce the same sequence.
+* Inside ``Dataset.map(..., num_parallel_calls=AUTOTUNE)`` the calls run in
+  parallel threads and take seeds from the shared generator in scheduling
+  order: every call still gets a distinct seed (the draw is atomic), but
+  *which element* gets which seed can change from run to run. Epochs differ
+  from each other (as they should); runs are not bit-identical.
+  Under ``tf.config.experimental.enable_op_determinism()`` tf.data sees the
+  generator's stateful op and runs that map *sequentially*: reproducible,
+  but one thread.
+* For a pipeline that is both parallel and bit-reproducible, pass an explicit
+  per-element seed from a seeded dataset, new each epoch::
+
+      seeds = tf.data.Dataset.random(seed, rerandomize_each_iteration=True).batch(2)
+      ds = tf.data.Dataset.zip(seeds, ds).map(
+          lambda s, xy: (fn(xy[0], seed=s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
+
+  The result then depends only on the seed, the epoch and the images, never
+  on thread order (the map function holds no state).
+
+TensorFlow is imported inside the functions: this module is imported by the
+stages that train, but importing it must not cost a TensorFlow start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # keep TensorFlow out of the import of this module
+    import tensorflow as tf
+
+FILL_MODES = ("nearest", "reflect", "constant", "wrap")
+
+Augment = Callable[..., "tf.Tensor"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which ops run and how strongly; 0 / False switches an op off.
+
+    Ranges are symmetric: a value ``v`` draws uniformly from ``[-v, v]``
+    (angles, shifts, shear) or ``[1 - v, 1 + v]`` (zoom and colour factors),
+    independently per image.
+    """
+
+    flip: bool = False  # horizontal flip with probability 1/2
+    crop: float = 0.0  # random crop keeping this fraction of each side, resized back (e.g. 0.875)
+    rotation: float = 0.0  # max degrees (the seed: 40)
+    translation: float = 0.0  # max shift as a fraction of width / height (the seed: 0.2)
+    # shear factor s: x' = x + s * y with s ~ U(-shear, shear). NB ImageDataGenerator read its
+    # shear_range=0.2 as an angle in *degrees* (almost no shear); 0.2 here is ~11 degrees.
+    shear: float = 0.0
+    zoom: float = 0.0  # scale x and y independently by U(1 - zoom, 1 + zoom), like ImageDataGenerator
+    brightness: float = 0.0  # pixels * U(1 - b, 1 + b): ImageDataGenerator's brightness_range
+    contrast: float = 0.0  # tf.image.adjust_contrast with factor U(1 - c, 1 + c)
+    saturation: float = 0.0  # tf.image.adjust_saturation with factor U(1 - s, 1 + s)
+    pca_color: float = 0.0  # std of AlexNet's alpha ~ N(0, pca_color) (AlexNet: 0.1)
+    fill_mode: str = "nearest"  # where the transform samples outside the image: nearest | reflect | constant | wrap
+
+    def __post_init__(self) -> None:
+        if self.fill_mode not in FILL_MODES:
+            raise ValueError(f"augment fill_mode {self.fill_mode!r} is not one of {FILL_MODES}")
+        if not (self.crop == 0 or 0 < self.crop <= 1):
+            raise ValueError(f"augment crop {self.crop!r} must be 0 (off) or in (0, 1]")
+        for name in ("rotation", "translation", "shear", "zoom", "brightness", "contrast", "saturation", "pca_color"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"augment {name} {value!r} must be a finite number >= 0")
+        for name in ("zoom", "brightness", "contrast", "saturation"):
+            if getattr(self, name) >= 1:  # 1 - v would reach a zero or negative scale
+                raise ValueError(f"augment {name} {getattr(self, name)!r} must be < 1")
+
+    @property
+    def geometric(self) -> bool:
+        """Whether the projective transform is needed at all."""
+        return any((self.rotation, self.translation, self.shear, self.zoom))
+
+    @property
+    def identity(self) -> bool:
+        """True when every op is off."""
+        return not (self.flip or self.cropping or self.geometric or self.color or self.pca_color)
+
+    @property
+    def cropping(self) -> bool:
+        """Whether the crop does anything (keeping the whole side, 1, is no crop)."""
+        return 0 < self.crop < 1
+
+    @property
+    def color(self) -> bool:
+        """Whether any colour jitter (brightness, contrast, saturation) is on."""
+        return any((self.brightness, self.contrast, self.saturation))
+
+    def describe(self) -> dict[str, Any]:
+        """The policy as a plain dict (for logs and MLflow params)."""
+        return dataclasses.asdict(self)
+
+
+# Seed slots, one per random draw, so that switching one op on or off does not
+# change the draws of the others.
+_FLIP, _CROP_Y, _CROP_X, _ANGLE, _SHEAR, _ZOOM_X, _ZOOM_Y, _SHIFT_X, _SHIFT_Y, _BRIGHT, _CONTRAST, _SATUR, _PCA = range(13)
+_SLOTS = 13
+
+
+def build(
+    policy: Policy,
+    eigenvalues: Sequence[float] | np.ndarray | None,
+    eigenvectors: Sequence[Sequence[float]] | np.ndarray | None,
+    seed: int,
+) -> Augment:
+    """A function ``augment(images, seed=None) -> images`` applying ``policy``.
+
+    ``images``: float32 0-255 pixels, ``(H, W, 3)`` or ``(B, H, W, 3)`` (rank
+    known statically); the result has the same shape, dtype float32, values
+    in [0, 255]. ``eigenvalues`` (3,) / ``eigenvectors`` (3, 3, columns) are
+    the stats stage's ``pca_eigenvalues`` / ``pca_eigenvectors`` (0-1 pixel
+    covariance); they may be None when ``policy.pca_color`` is 0. ``seed``
+    seeds the generator of per-call seeds; the optional ``seed`` argument of
+    the returned function (a ``[2]`` int tensor) overrides it for one call
+    (see the module docstring).
+    """
+    import tensorflow as tf
+
+    if policy.identity:
+
+        def identity(images: Any, seed: Any = None) -> tf.Tensor:
+            return tf.cast(images, tf.float32)  # a no-op on float32 tensors
+
+        return identity
+
+    pca = _pca_basis(eigenvalues, eigenvectors) if policy.pca_color else None
+    generator = tf.random.Generator.from_seed(seed)
+
+    def augment(images: Any, seed: Any = None) -> tf.Tensor:
+        x = tf.cast(images, tf.float32)
+        if x.shape.rank not in (3, 4):
+            raise ValueError(f"augment expects (H, W, 3) or (B, H, W, 3) images, got shape {x.shape}")
+        single = x.shape.rank == 3
+        if single:
+            x = x[tf.newaxis]
+        base = generator.make_seeds(1)[:, 0] if seed is None else tf.cast(tf.reshape(seed, [2]), tf.int64)
+        seeds = tf.random.experimental.stateless_split(base, num=_SLOTS)
+        y = _apply(policy, pca, x, seeds)
+        y.set_shape(x.shape)  # crop_and_resize / the transform lose static H, W in graph mode; Keras wants them
+        return y[0] if single else y
+
+    return augment
+
+
+def _pca_basis(eigenvalues: Any, eigenvectors: Any) -> np.ndarray:
+    """``eigenvectors * eigenvalues``: column j is eigenvector j scaled by eigenvalue j (3x3 float32)."""
+    if eigenvalues is None or eigenvectors is None:
+        raise ValueError("augment pca_color needs the train split's pca_eigenvalues and pca_eigenvectors")
+    values = np.asarray(eigenvalues, np.float64)
+    vectors = np.asarray(eigenvectors, np.float64)
+    if values.shape != (3,) or vectors.shape != (3, 3):
+        raise ValueError(f"PCA eigenvalues must be (3,) and eigenvectors (3, 3), got {values.shape} and {vectors.shape}")
+    return (vectors * values[np.newaxis, :]).astype(np.float32)
+
+
+def _apply(policy: Policy, pca: np.ndarray | None, x: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
+    """Every enabled op on the batch ``x`` (B, H, W, 3), with per-image draws from ``seeds``."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    if policy.flip:
+        x = _flip(x, seeds[_FLIP])
+    if policy.cropping:
+        x = _crop(x, policy.crop, seeds)
+    if policy.geometric:
+        x = _transform(x, policy, seeds)
+    if policy.brightness:
+        x = x * _factor(n, policy.brightness, seeds[_BRIGHT])[:, None, None, None]
+    if policy.contrast:
+        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # per image and channel, as adjust_contrast
+        x = (x - mean) * _factor(n, policy.contrast, seeds[_CONTRAST])[:, None, None, None] + mean
+    if policy.saturation:
+        x = _saturate(x, _factor(n, policy.saturation, seeds[_SATUR]))
+    if pca is not None:
+        alpha = tf.random.stateless_normal([n, 3], seeds[_PCA], stddev=policy.pca_color)
+        # AlexNet: add [p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T to every pixel; 0-1 units, so * 255
+        shift = tf.linalg.matmul(alpha, tf.constant(pca), transpose_b=True) * 255.0
+        x = x + shift[:, None, None, :]
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def _factor(n: tf.Tensor, strength: float, seed: tf.Tensor) -> tf.Tensor:
+    """``n`` factors uniform in ``[1 - strength, 1 + strength]``."""
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform([n], seed, 1.0 - strength, 1.0 + strength)
+
+
+def _flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Mirror each image left-right with probability 1/2 (exactly, no resampling)."""
+    import tensorflow as tf
+
+    flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed) < 0.5
+    return tf.where(flip[:, None, None, None], tf.image.flip_left_right(x), x)
+
+
+def _crop(x: tf.Tensor, keep: float, seeds: tf.Tensor) -> tf.Tensor:
+    """A random window of ``keep`` times each side per image, bilinearly resized back to (H, W)."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    top = tf.random.stateless_uniform([n], seeds[_CROP_Y], 0.0, 1.0 - keep)
+    left = tf.random.stateless_uniform([n], seeds[_CROP_X], 0.0, 1.0 - keep)
+    boxes = tf.stack([top, left, top + keep, left + keep], axis=1)  # normalized y1, x1, y2, x2
+    return tf.image.crop_and_resize(x, boxes, tf.range(n), tf.shape(x)[1:3], method="bilinear")
+
+
+def _transform(x: tf.Tensor, policy: Policy, seeds: tf.Tensor) -> tf.Tensor:
+    """Rotation, shear, zoom and translation as ONE projective transform per image (one resampling).
+
+    ImageProjectiveTransformV3 maps each *output* pixel (x, y) to the *input*
+    point it samples, as ImageDataGenerator's affine matrix does:
+    ``input = c + R S Z (output - c) + t`` with c the image centre, so
+    rotation, shear and zoom pivot on the centre rather than the corner.
+    """
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    height = tf.cast(tf.shape(x)[1], tf.float32)
+    width = tf.cast(tf.shape(x)[2], tf.float32)
+    zeros, ones = tf.zeros([n]), tf.ones([n])
+
+    def uniform(slot: int, bound: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([n], seeds[slot], -bound, bound) if bound else zeros
+
+    angle = uniform(_ANGLE, math.radians(policy.rotation))
+    shear = uniform(_SHEAR, policy.shear)
+    zoom_x = ones + uniform(_ZOOM_X, policy.zoom)
+    zoom_y = ones + uniform(_ZOOM_Y, policy.zoom)
+    shift_x = uniform(_SHIFT_X, policy.translation) * width
+    shift_y = uniform(_SHIFT_Y, policy.translation) * height
+
+    # A = R(angle) @ [[1, shear], [0, 1]] @ diag(zoom_x, zoom_y), written out per image
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a00, a01 = cos * zoom_x, (cos * shear - sin) * zoom_y
+    a10, a11 = sin * zoom_x, (sin * shear + cos) * zoom_y
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    b0 = cx + shift_x - a00 * cx - a01 * cy
+    b1 = cy + shift_y - a10 * cx - a11 * cy
+    matrices = tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x,
+        transforms=matrices,
+        output_shape=tf.shape(x)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode=policy.fill_mode.upper(),
+    )
+
+
+def _saturate(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """tf.image.adjust_saturation with a per-image factor: scale S in HSV (0-1 scale), clip S to [0, 1]."""
+    import tensorflow as tf
+
+    hsv = tf.image.rgb_to_hsv(tf.clip_by_value(x / 255.0, 0.0, 1.0))  # HSV needs 0-1 RGB
+    h, s, v = tf.unstack(hsv, axis=-1)
+    s = tf.clip_by_value(s * factor[:, None, None], 0.0, 1.0)
+    return tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)) * 255.0
+
+
+def preview_grid(images: np.ndarray, augment_fn: Augment, per_image: int, path: Path, title: str) -> None:
+    """Save a PNG grid: one row per image, the original then ``per_image`` augmented versions.
+
+    ``images`` is uint8 ``(N, H, W, 3)``. Each row is one batched call of
+    ``augment_fn`` on ``per_image`` copies of the image, so the copies show
+    the spread of the random transforms.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend, thread-safe
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"preview_grid expects (N, H, W, 3) images with N >= 1, got shape {images.shape}")
+    if per_image < 1:
+        raise ValueError(f"preview_grid per_image must be >= 1, got {per_image}")
+    rows, cols = len(images), per_image + 1
+    fig = Figure(figsize=(1.6 * cols, 1.6 * rows + 0.5), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, image in enumerate(images):
+        copies = np.repeat(image[np.newaxis].astype(np.float32), per_image, axis=0)
+        augmented = np.asarray(augment_fn(copies))
+        for c, shown in enumerate([image, *augmented]):
+            ax = axes[r, c]
+            ax.imshow(np.clip(np.rint(shown), 0, 255).astype(np.uint8))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")  # never leave a half-written PNG behind
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)

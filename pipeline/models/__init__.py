@@ -1,0 +1,1 @@
+"""Model builders, one module per family; see :mod:`pipeline.models.registry`."""

@@ -1,0 +1,87 @@
+"""The model registry: variant family name -> builder returning an uncompiled ``keras.Model``.
+
+A builder is one small function decorated with :func:`register`. It receives
+a :class:`ModelSpec` (sizes and knobs from params, fitted statistics from the
+``stats`` artifact) and never reads params or files itself. Every model takes
+raw inputs (uint8-range pixels, unscaled house attributes, zip codes as
+strings) and normalizes them with layers built from the spec, so training,
+evaluation and ``predict`` feed exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep TensorFlow out of the import of this module
+    import keras
+
+TASKS = ("binary_classification", "regression")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a builder needs; the train stage fills it from params and the stats artifact."""
+
+    image_size: int
+    image_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)  # per channel, 0-255 pixels
+    image_variance: tuple[float, float, float] = (5418.75, 5418.75, 5418.75)
+    dropout: float = 0.0
+    batchnorm: bool = False
+    width: float = 1.0  # multiplies every layer's channel count
+    # houses: the continuous columns (bedrooms, bathrooms, area) and the zip codes
+    tabular_mean: tuple[float, ...] = ()
+    tabular_variance: tuple[float, ...] = ()
+    zipcodes: tuple[str, ...] = ()
+    target_scale: float = 1.0  # the model's output is multiplied by this (the seed: max train price)
+    extra: dict = field(default_factory=dict)  # family-specific knobs from params
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    task: str
+    inputs: tuple[str, ...]  # names of the model's inputs, e.g. ("image",) or ("tabular", "zipcode", "image")
+    build: Callable[[ModelSpec], keras.Model]
+
+
+REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, task: str, inputs: tuple[str, ...] = ("image",)) -> Callable:
+    """Decorator adding a builder to :data:`REGISTRY` under ``name``."""
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}")
+
+    def wrap(fn: Callable[[ModelSpec], keras.Model]) -> Callable[[ModelSpec], keras.Model]:
+        if name in REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        REGISTRY[name] = Entry(name, task, inputs, fn)
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    """Every registered family, in registration order (imports the builders)."""
+    _load()
+    return list(REGISTRY)
+
+
+def get(name: str) -> Entry:
+    """The registry entry of ``name``; an unknown name lists the choices."""
+    _load()
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def build(name: str, spec: ModelSpec) -> keras.Model:
+    """Build the uncompiled model ``name`` from ``spec``."""
+    return get(name).build(spec)
+
+
+def _load() -> None:
+    # Importing the family modules runs their @register decorators.
+    from pipeline.models import houses, pets  # noqa: F401

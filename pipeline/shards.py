@@ -1,0 +1,31 @@
+"""Reading the ``prepare`` stage's output: index rows and uint8 image shards of one split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+
+
+def meta(prepared: Path) -> dict[str, Any]:
+    """``meta.json`` of a prepared dataset (task, image size, classes, counts)."""
+    path = prepared / "meta.json"
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run the prepare stage first")
+    return json.loads(path.read_text())
+
+
+def load_split(prepared: Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The index rows of ``split`` and their images ``[n, size, size, 3]`` uint8, in index order."""
+    index = pd.read_parquet(prepared / "index.parquet")
+    rows = index[index.split == split].reset_index(drop=True)
+    if rows.empty:
+        raise PipelineError(f"{prepared}: the {split} split is empty")
+    shards = {name: np.load(prepared / name, mmap_mode="r") for name in rows.shard.unique()}
+    images = np.stack([shards[s][o] for s, o in zip(rows.shard, rows.offset)])
+    return rows, images

@@ -1,0 +1,252 @@
+"""Stage ``train@<variant>``: fit one registered model on its dataset's train split.
+
+Reads the prepared shards, the train-split statistics (normalization, class
+weights, PCA colour eigenvectors) and the augmentation policy; writes
+``models/<variant>/model.keras`` (reloads with ``safe_mode=True``), the
+resolved config, and ``reports/train/<variant>/history.{csv,json}``. Logs
+params, per-epoch metrics, class weights and artifacts into the variant's
+MLflow run, whose id ``evaluate`` picks up from ``models/<variant>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config, files, paths, shards, tracking
+from pipeline.config import TrainConfig, Variant
+from pipeline.errors import PipelineError
+from pipeline.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+CONTINUOUS = ("bedrooms", "bathrooms", "area")
+
+
+def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) -> ModelSpec:
+    """The builder's input: sizes and knobs from params, fitted statistics from the stats artifact."""
+    image = stats["image"]
+    spec: dict[str, Any] = dict(
+        image_size=meta["image_size"],
+        image_mean=tuple(image["mean"]),
+        image_variance=tuple(image["variance"]),
+        dropout=variant.dropout,
+        batchnorm=variant.batchnorm,
+        width=variant.width,
+        extra=dict(variant.extra),
+    )
+    if "tabular" in stats:
+        cols = stats["tabular"]["columns"]
+        spec.update(
+            tabular_mean=tuple(cols[c]["mean"] for c in CONTINUOUS),
+            tabular_variance=tuple(cols[c]["std"] ** 2 for c in CONTINUOUS),
+            zipcodes=tuple(stats["tabular"]["zipcodes"]),
+            target_scale=cols["price"]["max"],  # the seed scales prices by the largest train price
+        )
+    return ModelSpec(**spec)
+
+
+def model_inputs(names: tuple[str, ...], index: pd.DataFrame, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays each named model input takes: raw pixels, raw house attributes, zip codes as strings."""
+    available = {
+        "image": lambda: images.astype(np.float32),
+        "tabular": lambda: index[list(CONTINUOUS)].to_numpy(np.float32),
+        "zipcode": lambda: index.zipcode.astype(str).to_numpy().reshape(-1, 1),
+    }
+    return {n: available[n]() for n in names}
+
+
+def targets(meta: dict[str, Any], index: pd.DataFrame) -> np.ndarray:
+    """Labels (0/1) for classification, prices for regression, shape ``[n, 1]`` float32."""
+    column = "label_index" if meta["task"] == "binary_classification" else "price"
+    return index[column].to_numpy(np.float32).reshape(-1, 1)
+
+
+def class_weight(cfg: TrainConfig, stats: dict[str, Any]) -> dict[int, float] | None:
+    """Keras ``class_weight`` from the train-split stats: ``balanced``, ``inverse`` (the seed's) or None."""
+    if cfg.class_weight == "none" or "class_weights" not in stats:
+        return None
+    weights = stats["class_weights"][cfg.class_weight]
+    return {i: float(weights[c]) for i, c in enumerate(stats["classes"])}
+
+
+def make_dataset(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed: int | None, augment: Any = None, as_dict: bool = True):  # noqa: ANN201
+    """A ``tf.data`` pipeline: shuffle (when ``seed`` is given), batch, augment images in parallel, prefetch.
+
+    Also the evaluation and serving input: Keras cannot take NumPy string
+    arrays (the zip codes) in ``predict``, tf.data can.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if seed is not None:
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        # One explicit stateless seed per batch, new each epoch: the map stays
+        # parallel and the run stays reproducible under op determinism.
+        seeds = tf.data.Dataset.random(seed or 0, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(seeds, ds).map(
+            lambda s, xy: ({**xy[0], "image": augment(xy[0]["image"], seed=s)}, xy[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    if not as_dict:  # keras.Sequential takes its one input as a tensor, not a dict
+        (only,) = x
+        ds = ds.map(lambda xb, yb: (xb[only], yb))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
+    """The optimizer with its learning-rate schedule (the seed's ``Adam(lr, decay)`` is ``inverse_time``)."""
+    import keras
+
+    lr: Any = cfg.learning_rate
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "inverse_time":
+        lr = keras.optimizers.schedules.InverseTimeDecay(cfg.learning_rate, decay_steps=1, decay_rate=cfg.decay)
+    elif cfg.schedule == "step":
+        lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, steps_per_epoch, cfg.decay or 0.5, staircase=True)
+    elif cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(total, 1))
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    return keras.optimizers.RMSprop(lr)
+
+
+def loss_and_metrics(task: str, cfg: TrainConfig) -> tuple[Any, list]:
+    """Loss from params (``auto``: binary cross-entropy / MAPE as in the seed) and the metrics shown per epoch."""
+    import keras
+
+    name = cfg.loss if cfg.loss != "auto" else ("binary_crossentropy" if task == "binary_classification" else "mape")
+    if task == "binary_classification":
+        if name != "binary_crossentropy":
+            raise PipelineError(f"train.loss: {name!r} does not fit a classification variant; use binary_crossentropy or auto")
+        return keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing), ["accuracy", keras.metrics.AUC(name="auc")]
+    if name == "binary_crossentropy":
+        raise PipelineError("train.loss: binary_crossentropy does not fit a regression variant; use mse, mae, mape or auto")
+    losses = {"mse": keras.losses.MeanSquaredError(), "mae": keras.losses.MeanAbsoluteError(), "mape": keras.losses.MeanAbsolutePercentageError()}
+    return losses[name], [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.MeanAbsolutePercentageError(name="mape")]
+
+
+class _MlflowEpochs:
+    """Keras callback logging each epoch's metrics in one batched MLflow call."""
+
+    def __new__(cls, run_id: str):  # noqa: ANN204 - built lazily to keep keras out of import time
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                tracking.log_metrics(run_id, {k: float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+        return Callback()
+
+
+def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared: Path, policy: dict[str, Any], run_id: str | None):  # noqa: ANN201
+    """Build, compile and fit the variant; return (model, history dict, seconds, images seen).
+
+    ``policy`` is the augment stage's ``policy.json`` (``seed`` and ``policy``),
+    applied to the train split only when the variant has ``augment: true``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from pipeline.models import registry
+
+    try:
+        entry = registry.get(variant.model)
+    except KeyError as exc:
+        raise PipelineError(f"variants.{variant.name}.model: {exc.args[0]}") from None
+    if entry.task != meta["task"]:
+        raise PipelineError(f"variants.{variant.name}: model {variant.model!r} is for {entry.task}, dataset {variant.dataset!r} is {meta['task']}")
+    cfg = variant.train
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    train_idx, train_img = shards.load_split(prepared, "train")
+    val_idx, val_img = shards.load_split(prepared, "val")
+    augment = None
+    if variant.augment and "image" in entry.inputs:
+        from pipeline import augmentation
+
+        img = stats["image"]
+        augment = augmentation.build(augmentation.Policy(**policy["policy"]), img["pca_eigenvalues"], img["pca_eigenvectors"], policy["seed"])
+    model = registry.build(variant.model, model_spec(variant, meta, stats))
+    as_dict = not isinstance(model, keras.Sequential)
+    train_ds = make_dataset(model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx), cfg.batch_size, cfg.seed, augment, as_dict)
+    val_ds = make_dataset(model_inputs(entry.inputs, val_idx, val_img), targets(meta, val_idx), cfg.batch_size, None, as_dict=as_dict)
+    loss, metrics = loss_and_metrics(entry.task, cfg)
+    model.compile(optimizer=optimizer(cfg, math.ceil(len(train_idx) / cfg.batch_size)), loss=loss, metrics=metrics)
+    callbacks: list = [keras.callbacks.TerminateOnNaN()]
+    if cfg.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.early_stopping, restore_best_weights=True))
+    if run_id:
+        callbacks.append(_MlflowEpochs(run_id))
+    start = time.perf_counter()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2)
+    seconds = time.perf_counter() - start
+    epochs_run = len(history.history["loss"])
+    return model, history.history, seconds, epochs_run * len(train_idx)
+
+
+def resolved(variant: Variant, policy: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines the variant's training, as plain data (saved and logged)."""
+    out = dataclasses.asdict(variant)
+    if variant.augment:
+        out["augment_policy"] = dict(policy["policy"], seed=policy["seed"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline train <variant>``."""
+    import argparse
+
+    params = config.load()
+    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
+    parser.add_argument("variant", choices=list(params.variants))
+    variant = params.variants[parser.parse_args(argv).variant]
+    prepared = paths.prepared(variant.dataset)
+    meta = shards.meta(prepared)
+    stats_path = paths.stats(variant.dataset)
+    if not stats_path.exists():
+        raise PipelineError(f"{stats_path}: not found; run the stats stage first")
+    stats = json.loads(stats_path.read_text())
+    policy = json.loads(paths.POLICY.read_text()) if variant.augment else {}
+    run_config = resolved(variant, policy)
+    tags = {**tracking.git_tags(), "dvc.stage": f"train@{variant.name}", "data.hash": tracking.data_hash(Path("dvc.lock"), variant.dataset), "dataset": variant.dataset, "data.profile": params.data.profile}
+    run_id = tracking.start(variant.name, variant.dataset, tags, run_config)
+    try:
+        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id)
+    except BaseException:
+        tracking.finish(run_id, "FAILED")
+        raise
+    out, reports = paths.model(variant.name), paths.train_report(variant.name)
+    with files.atomic_dir(out) as tmp:
+        model.save(tmp / "model.keras")
+        files.write_json(tmp / "config.json", {**run_config, "task": meta["task"], "classes": meta.get("classes"), "image_size": meta["image_size"], "parameters": model.count_params()})
+        files.write_json(tmp / "train_summary.json", {"train_seconds": seconds, "images_seen": seen, "images_per_s": seen / seconds, "epochs": len(history["loss"])})
+        tracking.save_run_id(tmp, run_id)
+    reports.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(history).rename_axis("epoch").reset_index()
+    frame.to_csv(reports / "history.csv", index=False)
+    files.write_json(reports / "history.json", frame.to_dict(orient="records"))
+    weights = class_weight(variant.train, stats)
+    if weights:
+        by_label = {stats["classes"][i]: w for i, w in weights.items()}
+        tracking.log_params(run_id, {f"class_weight.{label}": w for label, w in by_label.items()})
+        files.write_json(reports / "class_weight.json", by_label)
+        tracking.log_artifact(run_id, reports / "class_weight.json", "stats")
+    for path, folder in ((stats_path, "stats"), (out / "config.json", "config"), (reports / "history.csv", "history"), (out / "model.keras", "model")):
+        tracking.log_artifact(run_id, path, folder)
+    tracking.log_metrics(run_id, {"train_seconds": seconds, "images_per_s": seen / seconds, "parameters": model.count_params()})
+    tracking.finish(run_id)
+    log.info("%s: %d epochs, %.1f s, %.0f images/s, final %s", variant.name, len(history["loss"]), seconds, seen / seconds, {k: round(v[-1], 4) for k, v in history.items()})

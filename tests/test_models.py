@@ -1,0 +1,216 @@
+"""The model registry: every registered variant builds, runs, reloads safely; the spec's knobs act.
+
+Models are built tiny (``width=0.25``, 32 px images) so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+# TensorFlow's EagerTensor.__array__ predates NumPy 2's copy keyword: noise from every tensor -> NumPy conversion.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+from pipeline.models import registry  # noqa: E402
+from pipeline.models.pets import SeedCNN  # noqa: E402
+from pipeline.models.registry import Entry, ModelSpec  # noqa: E402
+
+ZIPCODES = ("85255", "92677", "93510")
+UNKNOWN_ZIP = "00000"
+TINY = 0.25  # pets' width in these tests; the houses models are small already (and at 0.25 a one-unit ReLU layer may die)
+PETS = [n for n in registry.names() if registry.get(n).task == "binary_classification"]
+HOUSES = [n for n in registry.names() if registry.get(n).task == "regression"]
+SEED_VARIANTS = ("cnn_sequential", "cnn_functional", "cnn_subclassed")
+BATCHNORM_BY_DESIGN = {"resnet", "cnn_montage", "mixed_inputs"}  # always BN: spec.batchnorm changes nothing
+NO_CONVOLUTIONS = {"mlp_tabular"}
+DROPOUT_BY_DESIGN = {"cnn_augmented": 0.5}  # name -> the rate it has when spec.dropout is 0
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    keras.utils.set_random_seed(0)
+
+
+def make_spec(entry: Entry, image_size: int = 32, **overrides) -> ModelSpec:
+    """A spec fit for ``entry``'s task, with non-default statistics so the normalization is visible."""
+    fields: dict = {
+        "image_size": image_size,
+        "image_mean": (120.0, 110.0, 100.0),
+        "image_variance": (4000.0, 3600.0, 3000.0),
+        "width": TINY,
+    }
+    if entry.task == "regression":
+        fields |= {
+            "width": 1.0,
+            "tabular_mean": (3.4, 2.5, 2300.0),
+            "tabular_variance": (0.8, 0.9, 1.4e6),
+            "zipcodes": ZIPCODES,
+            "target_scale": 500_000.0,
+        }
+    return ModelSpec(**(fields | overrides))
+
+
+def make_batch(entry: Entry, spec: ModelSpec, n: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """Raw inputs by name: pixels 0-255, plausible house attributes, the known zip codes plus an unknown one."""
+    rng = np.random.default_rng(seed)
+    feeds = {
+        "image": lambda: rng.uniform(0, 255, (n, spec.image_size, spec.image_size, 3)).astype("float32"),
+        "tabular": lambda: np.column_stack(
+            [rng.integers(1, 6, n), rng.integers(1, 4, n), rng.uniform(800, 4000, n)]
+        ).astype("float32"),
+        "zipcode": lambda: np.array([[z] for z in [*ZIPCODES, UNKNOWN_ZIP] * n][:n]),
+    }
+    unknown = set(entry.inputs) - set(feeds)
+    assert not unknown, f"{entry.name}: the test does not know how to feed inputs {unknown}"
+    return {name: feeds[name]() for name in entry.inputs}
+
+
+def input_names(model: keras.Model) -> set[str]:
+    if isinstance(model, SeedCNN):
+        return {"image"}
+    return {t.name for t in model.inputs}
+
+
+def predict(model: keras.Model, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The model's output on ``batch``: a dict by input name (a Sequential model takes the lone tensor)."""
+    if isinstance(model, keras.Sequential):  # it accepts the dict too, with a "structure doesn't match" warning
+        (batch,) = batch.values()
+    return keras.ops.convert_to_numpy(model(batch, training=False))
+
+
+def layers_of(model: keras.Model, kind: type) -> list:
+    return [layer for layer in model.layers if isinstance(layer, kind)]
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_variant_builds_runs_and_reloads_safely(name: str, tmp_path: Path) -> None:
+    entry = registry.get(name)
+    spec = make_spec(entry)
+    model = registry.build(name, spec)
+    assert isinstance(model, keras.Model)
+    assert not model.compiled and getattr(model, "optimizer", None) is None, "builders return uncompiled models"
+    assert input_names(model) == set(entry.inputs)
+
+    batch = make_batch(entry, spec)
+    out = predict(model, batch)
+    assert out.shape == (4, 1)
+    assert np.isfinite(out).all()
+    if entry.task == "binary_classification":
+        assert ((out >= 0) & (out <= 1)).all()
+
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert input_names(loaded) == set(entry.inputs)
+    np.testing.assert_allclose(predict(loaded, batch), out, rtol=1e-5, atol=1e-6 * max(1.0, spec.target_scale))
+
+
+@pytest.mark.parametrize("image_size", [32, 96, 160])
+@pytest.mark.parametrize("name", PETS)
+def test_pets_models_build_for_small_and_larger_images(name: str, image_size: int) -> None:
+    entry = registry.get(name)
+    spec = make_spec(entry, image_size=image_size)
+    out = predict(registry.build(name, spec), make_batch(entry, spec, n=1))
+    assert out.shape == (1, 1) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("knobs", [{}, {"batchnorm": True, "dropout": 0.3}], ids=["plain", "bn+dropout"])
+def test_the_seed_cnn_written_three_ways_is_one_model(knobs: dict) -> None:
+    entry = registry.get("cnn_sequential")
+    spec = make_spec(entry, **knobs)
+    batch = make_batch(entry, spec)
+    reference, *others = (registry.build(name, spec) for name in SEED_VARIANTS)
+    assert isinstance(reference, keras.Sequential)
+    assert isinstance(others[1], SeedCNN)
+    for model in others:
+        assert model.count_params() == reference.count_params()
+        assert [w.shape for w in model.get_weights()] == [w.shape for w in reference.get_weights()]
+        assert not np.allclose(predict(model, batch), predict(reference, batch))  # independent initializations
+        model.set_weights(reference.get_weights())
+        np.testing.assert_allclose(predict(model, batch), predict(reference, batch), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_spec_knobs_change_the_model(name: str) -> None:
+    entry = registry.get(name)
+    spec = make_spec(entry)
+    plain = registry.build(name, spec)
+    knobs = registry.build(name, make_spec(entry, batchnorm=True, dropout=0.3))
+    wider = registry.build(name, make_spec(entry, width=2 * spec.width))
+
+    bn_plain = len(layers_of(plain, keras.layers.BatchNormalization))
+    bn_knobs = len(layers_of(knobs, keras.layers.BatchNormalization))
+    if name in BATCHNORM_BY_DESIGN:
+        assert bn_plain == bn_knobs > 0
+    elif name in NO_CONVOLUTIONS:
+        assert bn_plain == bn_knobs == 0
+    else:
+        assert bn_knobs > bn_plain == 0
+
+    rates_plain = [layer.rate for layer in layers_of(plain, keras.layers.Dropout)]
+    rates_knobs = [layer.rate for layer in layers_of(knobs, keras.layers.Dropout)]
+    assert 0.3 in rates_knobs and 0.3 not in rates_plain
+    if name in DROPOUT_BY_DESIGN:
+        assert rates_plain == [DROPOUT_BY_DESIGN[name]]
+    else:
+        assert len(rates_knobs) > len(rates_plain)
+
+    assert wider.count_params() > plain.count_params()
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_normalization_layers_carry_the_fitted_statistics(name: str) -> None:
+    entry = registry.get(name)
+    spec = make_spec(entry)
+    model = registry.build(name, spec)
+    norms = {layer.name: layer for layer in layers_of(model, keras.layers.Normalization)}
+    expected = {}
+    if "image" in entry.inputs:
+        expected["normalize"] = (spec.image_mean, spec.image_variance)
+    if "tabular" in entry.inputs:
+        expected["normalize_tabular"] = (spec.tabular_mean, spec.tabular_variance)
+    assert set(norms) == set(expected)
+    for layer_name, (mean, variance) in expected.items():
+        config = norms[layer_name].get_config()
+        np.testing.assert_allclose(np.ravel(config["mean"]), mean)
+        np.testing.assert_allclose(np.ravel(config["variance"]), variance)
+        x = np.array([[m + 2 * v**0.5 for m, v in zip(mean, variance, strict=True)]], dtype="float32")
+        np.testing.assert_allclose(np.ravel(keras.ops.convert_to_numpy(norms[layer_name](x))), 2.0, rtol=1e-4)
+    if "image" in entry.inputs:  # the raw pixels go straight into it
+        if isinstance(model, SeedCNN):
+            assert model.layers[0] is norms["normalize"]
+        else:
+            assert norms["normalize"].input.name == "image"
+
+
+@pytest.mark.parametrize("name", HOUSES)
+def test_regression_outputs_are_rescaled_prices(name: str) -> None:
+    entry = registry.get(name)
+    unit = registry.build(name, make_spec(entry, target_scale=1.0))
+    double = registry.build(name, make_spec(entry, target_scale=2.0))
+    double.set_weights(unit.get_weights())
+    batch = make_batch(entry, make_spec(entry))
+    out = predict(unit, batch)
+    assert np.abs(out).max() > 0
+    np.testing.assert_allclose(predict(double, batch), 2 * out, rtol=1e-6)
+    assert isinstance(unit.layers[-1], keras.layers.Rescaling)
+
+
+def test_unknown_zipcodes_share_the_out_of_vocabulary_column() -> None:
+    entry = registry.get("mlp_tabular")
+    spec = make_spec(entry)
+    lookup = registry.build("mlp_tabular", spec).get_layer("zipcode_onehot")
+    onehot = keras.ops.convert_to_numpy(lookup(np.array([[ZIPCODES[1]], [UNKNOWN_ZIP], ["11111"]])))
+    assert onehot.shape == (3, len(ZIPCODES) + 1)
+    assert onehot[0].argmax() == 2 and onehot[1].argmax() == onehot[2].argmax() == 0
+
+
+def test_unknown_model_name_lists_the_registered_ones() -> None:
+    with pytest.raises(KeyError, match="unknown model 'transformer'") as error:
+        registry.build("transformer", ModelSpec(image_size=32))
+    assert all(name in str(error.value) for name in registry.names())
+    with pytest.raises(KeyError, match="registered: "):
+        registry.get("")

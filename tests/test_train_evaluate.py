@@ -1,0 +1,122 @@
+"""A tiny end-to-end augment -> train -> evaluate for one classification and one regression variant.
+
+Runs on a copy of the shared demo project (prepared shards and stats) with a
+small, fast configuration; checks the model files, the metrics and plots, and
+what landed in the MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import augment, evaluate, train
+from pipeline.errors import PipelineError
+from tests.pipeline_project import copy_project, demo_project
+
+TINY = {
+    "tiny_cnn": {"dataset": "pets", "model": "cnn_functional", "augment": True, "width": 0.25, "train": {"epochs": 2, "batch_size": 32}},
+    "tiny_seq": {"dataset": "pets", "model": "cnn_sequential", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
+    "tiny_mixed": {"dataset": "houses", "model": "mixed_inputs", "train": {"epochs": 2, "batch_size": 16}},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    copy_project(demo_project(tmp_path_factory), root, "data/prepared", "data/stats")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["variants"] = TINY
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        augment.main([])
+        for name in TINY:
+            train.main([name])
+        evaluate.main([])
+    return root
+
+
+def _run(root: Path, variant: str):  # noqa: ANN202
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    run_id = json.loads((root / "models" / variant / "mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    return client, client.get_run(run_id)
+
+
+def test_outputs_written(trained: Path) -> None:
+    for name, variant in TINY.items():
+        assert (trained / "models" / name / "model.keras").is_file()
+        history = json.loads((trained / "reports/train" / name / "history.json").read_text())
+        assert [row["epoch"] for row in history] == list(range(variant["train"]["epochs"]))
+        assert {"loss", "val_loss"} <= set(history[0])
+    assert (trained / "reports/augmentation/pets.png").stat().st_size > 1000
+    assert json.loads((trained / "reports/augmentation/policy.json").read_text())["policy"]["rotation"] == 40.0
+
+
+def test_metrics_and_plots(trained: Path) -> None:
+    cls = json.loads((trained / "reports/metrics/tiny_cnn.json").read_text())
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"} <= set(cls)
+    assert 0 <= cls["accuracy"] <= 1 and sum(map(sum, cls["confusion_matrix"]["matrix"])) == cls["examples"]
+    reg = json.loads((trained / "reports/metrics/tiny_mixed.json").read_text())
+    assert {"mae", "rmse", "mape", "ape_mean", "ape_std"} <= set(reg) and reg["mape"] > 0
+    assert (trained / "reports/plots/tiny_cnn/confusion_matrix.png").is_file()
+    assert (trained / "reports/plots/tiny_cnn/roc.csv").is_file()
+    assert (trained / "reports/plots/tiny_mixed/predicted_vs_actual.png").is_file()
+
+
+def test_model_reloads_safely_and_predicts_the_same(trained: Path) -> None:
+    import keras
+
+    from pipeline import shards
+    from pipeline.train import make_dataset, model_inputs
+
+    model = keras.models.load_model(trained / "models/tiny_mixed/model.keras", safe_mode=True)
+    index, images = shards.load_split(trained / "data/prepared/houses", "test")
+    x = model_inputs(("tabular", "zipcode", "image"), index, images)
+    p = model.predict(make_dataset(x, index.price.to_numpy(), 8, None), verbose=0).reshape(-1)
+    table = json.loads((trained / "reports/metrics/tiny_mixed.json").read_text())
+    ape = np.abs(p - index.price.to_numpy()) / index.price.to_numpy() * 100
+    assert ape.mean() == pytest.approx(table["mape"], rel=1e-4)
+
+
+def test_mlflow_run_holds_params_history_weights_artifacts(trained: Path) -> None:
+    client, run = _run(trained, "tiny_cnn")
+    assert run.info.run_name == "tiny_cnn" and run.info.status == "FINISHED"
+    assert float(run.data.params["class_weight.Dog"]) > float(run.data.params["class_weight.Cat"])  # Dog is the rare class
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model"] == "cnn_functional"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1]
+    assert "test_accuracy" in run.data.metrics
+    assert run.data.tags["dataset"] == "pets" and run.data.tags["dvc.stage"] == "train@tiny_cnn"
+    folders = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "stats", "plots", "metrics", "history", "config"} <= folders
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "stats")} >= {"stats/pets.json", "stats/class_weight.json"}
+
+
+def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retraining with the same seed gives the same history (CPU, op determinism)."""
+    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    train.main(["tiny_cnn"])
+    again = json.loads((tmp_path / "reports/train/tiny_cnn/history.json").read_text())
+    first = json.loads((trained / "reports/train/tiny_cnn/history.json").read_text())
+    assert again == first
+
+
+def test_model_task_mismatch_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["variants"]["tiny_cnn"]["model"] = "mlp_tabular"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PipelineError, match=r"variants\.tiny_cnn: model 'mlp_tabular' is for regression"):
+        train.main(["tiny_cnn"])
