@@ -22,8 +22,9 @@ run: setup  ## the whole pipeline on the default (demo) profile
 test: setup  ## the test suite (tests needing ../shared/datasets skip without it)
 	python -m pytest
 
-bench: setup  ## benchmark figures (needs ../shared/datasets)
+bench: setup  ## benchmark figures: stage times on the demo profile; data stages on ../shared/datasets
+	python benchmarks/stage_times.py
 	python benchmarks/data_stages.py
 
-clean:  ## remove generated outputs (keeps the venv and the download cache)
-	rm -rf data/raw data/validated data/prepared data/stats reports/validation
+clean:  ## remove generated outputs (keeps the venv, the download cache and MLflow's store)
+	rm -rf data/raw data/validated data/prepared data/stats models reports

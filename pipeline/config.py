@@ -375,8 +375,16 @@ class TrainConfig:
     weight_decay: float
     loss: str
     label_smoothing: float
-    class_weight: str
+    class_weight: str | dict[str, float]  # a CLASS_WEIGHTS name or an explicit weight per class
     early_stopping: int
+
+
+def _class_weight(value: Any, where: str) -> str | dict[str, float]:
+    if isinstance(value, Mapping):
+        return {str(k): float(_number(v, f"{where}.{k}", 1e-6)) for k, v in value.items()}
+    if value not in CLASS_WEIGHTS:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(CLASS_WEIGHTS)} nor a mapping class -> weight")
+    return value
 
 
 def _train(d: Any, where: str) -> TrainConfig:
@@ -392,7 +400,7 @@ def _train(d: Any, where: str) -> TrainConfig:
         weight_decay=float(_number(d["weight_decay"], f"{where}.weight_decay", 0, 1)),
         loss=_choice(d["loss"], f"{where}.loss", LOSSES),
         label_smoothing=float(_number(d["label_smoothing"], f"{where}.label_smoothing", 0, 0.5)),
-        class_weight=_choice(d["class_weight"], f"{where}.class_weight", CLASS_WEIGHTS),
+        class_weight=_class_weight(d["class_weight"], f"{where}.class_weight"),
         early_stopping=_number(d["early_stopping"], f"{where}.early_stopping", 0, 10000, integer=True),
     )
 
@@ -423,6 +431,8 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
         where = f"variants.{name}"
         if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]+", name)):
             raise ConfigError(f"{where}: a variant name is lower-case letters, digits and _ (it names a stage and a folder)")
+        if name == "pretrain":  # models/pretrain is the pretrain stage's backbone
+            raise ConfigError(f"{where}: the name is reserved for the pretrain stage's models/pretrain; choose another")
         v = _section(v, where, ("dataset", "model"), VARIANT_KEYS[2:])
         overrides = _section(v.get("train", {}), f"{where}.train", (), TRAIN_KEYS)
         extra = v.get("extra", {})
@@ -442,6 +452,63 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
     return out
 
 
+# --------------------------------------------------------------------------- pretrain / transfer (transfer learning)
+
+BACKBONES: tuple[str, ...] = ("pretrain", "imagenet", "file")
+# keras.applications backbones pipeline.pretrain knows the input scaling of
+APPLICATIONS: tuple[str, ...] = (
+    "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
+    "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
+    "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
+    "ResNet50", "ResNet50V2", "VGG16", "VGG19", "Xception", "DenseNet121", "ConvNeXtTiny",
+)
+PRETRAIN_KEYS: tuple[str, ...] = ("seed", "epochs", "batch_size", "learning_rate", "width", "val_fraction")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The offline source task: room types of the house photos (image size: ``prepare.pets.image_size``)."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    width: float
+    val_fraction: float  # of the houses, held out with all their photos
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Which backbone the ``needs_backbone`` variants start from."""
+
+    backbone: str  # pretrain | imagenet | file
+    application: str  # keras.applications name (imagenet, file)
+    weights: str | None  # local weights file (file: required; imagenet: instead of the download)
+
+
+def _pretrain(d: Any) -> PretrainConfig:
+    d = _section(d, "pretrain", PRETRAIN_KEYS)
+    return PretrainConfig(
+        seed=_number(d["seed"], "pretrain.seed", 0, 2**31 - 1, integer=True),
+        epochs=_number(d["epochs"], "pretrain.epochs", 1, 10000, integer=True),
+        batch_size=_number(d["batch_size"], "pretrain.batch_size", 1, 65536, integer=True),
+        learning_rate=float(_number(d["learning_rate"], "pretrain.learning_rate", 1e-8, 10)),
+        width=float(_number(d["width"], "pretrain.width", 0.05, 8)),
+        val_fraction=float(_number(d["val_fraction"], "pretrain.val_fraction", 0.01, 0.5)),
+    )
+
+
+def _transfer(d: Any) -> TransferConfig:
+    d = _section(d, "transfer", ("backbone", "application", "weights"))
+    backbone = _choice(d["backbone"], "transfer.backbone", BACKBONES)
+    weights = d["weights"]
+    if weights is not None:
+        _text(weights, "transfer.weights")
+    elif backbone == "file":
+        raise ConfigError("transfer.weights: required when transfer.backbone is file (a weights file of transfer.application, or a .keras backbone)")
+    return TransferConfig(backbone=backbone, application=_choice(d["application"], "transfer.application", APPLICATIONS), weights=weights)
+
+
 # --------------------------------------------------------------------------- whole file
 
 
@@ -454,9 +521,11 @@ class Params:
     augment: AugmentConfig
     train: TrainConfig
     variants: dict[str, Variant]
+    pretrain: PretrainConfig
+    transfer: TransferConfig
 
 
-SECTIONS = ("data", "datasets", "validate", "prepare", "augment", "train", "variants")
+SECTIONS = ("data", "datasets", "validate", "prepare", "augment", "train", "variants", "pretrain", "transfer")
 
 
 def parse(raw: Any) -> Params:
@@ -470,6 +539,8 @@ def parse(raw: Any) -> Params:
         augment=_augment(raw["augment"]),
         train=_train(raw["train"], "train"),
         variants=_variants(raw["variants"], raw["train"]),
+        pretrain=_pretrain(raw["pretrain"]),
+        transfer=_transfer(raw["transfer"]),
     )
 
 

@@ -2,12 +2,15 @@
 
 One process for all variants pays TensorFlow's import once instead of once per
 variant. Per variant it writes ``reports/metrics/<variant>.json`` (DVC
-metrics), ``reports/plots/<variant>/`` (PNG plots and the CSV data behind DVC's
-plot templates), and logs both into the variant's MLflow run.
+metrics), ``reports/plots/<kind>/<variant>.csv`` (the data behind DVC's plot
+templates) and ``reports/plots/images/<variant>/*.png``, and logs them into
+the variant's MLflow run.
 
 Classification: accuracy, precision, recall, F1, ROC AUC, confusion matrix,
 ROC curve. Regression: MAE, RMSE, MAPE, and the mean and std of the absolute
-percentage error (the seed's report), predicted-vs-actual plot.
+percentage error (the seed's report), predicted-vs-actual plot. Transfer
+variants add ``knn_accuracy``: the seed's k-nearest-neighbour classifier on
+the backbone's features (train split -> test split; variant extra ``knn``).
 """
 
 from __future__ import annotations
@@ -58,15 +61,15 @@ def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
 
 
 def plot_data(task: str, y: np.ndarray, p: np.ndarray, index: pd.DataFrame, classes: list[str] | None) -> dict[str, pd.DataFrame]:
-    """The CSV tables behind the DVC plots: predictions (confusion / scatter) and the ROC curve."""
+    """The CSV tables behind the DVC plots, by kind: ``confusion`` and ``roc``, or ``scatter`` (predicted vs actual)."""
     if task == "binary_classification":
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(y, p) if len(np.unique(y)) == 2 else (np.array([0, 1]), np.array([0, 1]), None)
         assert classes is not None
         predictions = pd.DataFrame({"path": index.path, "actual": [classes[int(v)] for v in y], "predicted": [classes[int(v >= 0.5)] for v in p], "probability": p})
-        return {"predictions": predictions, "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr})}
-    return {"predictions": pd.DataFrame({"house_id": index.house_id, "actual": y, "predicted": p})}
+        return {"confusion": predictions, "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr})}
+    return {"scatter": pd.DataFrame({"house_id": index.house_id, "actual": y, "predicted": p})}
 
 
 def draw(task: str, tables: dict[str, pd.DataFrame], result: dict[str, Any], out: Path, title: str) -> list[Path]:
@@ -94,7 +97,7 @@ def draw(task: str, tables: dict[str, pd.DataFrame], result: dict[str, Any], out
         ax.legend()
         written.append(_save(fig, out / "roc.png"))
     else:
-        pred = tables["predictions"]
+        pred = tables["scatter"]
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.scatter(pred.actual, pred.predicted, s=8)
         lim = [0, float(max(pred.actual.max(), pred.predicted.max()))]
@@ -134,11 +137,20 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     result = classification_metrics(y, p, meta["classes"]) if task == "binary_classification" else regression_metrics(y, p)
     trained = json.loads((folder / "train_summary.json").read_text())
     result.update(variant=variant, dataset=dataset, task=task, parameters=int(model.count_params()), **trained)
-    out = paths.plots(variant)
-    out.mkdir(parents=True, exist_ok=True)
+    trained_config = json.loads((folder / "config.json").read_text())
+    if registry.get(trained_config["model"]).needs_backbone:  # --- transfer learning: the seed's kNN on the deep features
+        from pipeline.models import transfer
+
+        k = transfer.knn_k(trained_config["model"], trained_config.get("extra", {}), f"variants.{variant}.extra")
+        if k:
+            train_index, train_images = shards.load_split(prepared, "train")
+            result.update(knn_accuracy=transfer.knn_accuracy(model, k, (train_images, targets(meta, train_index)), (images, y)), knn_k=k)
     tables = plot_data(task, y, p, index, meta.get("classes"))
-    for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
+    for kind, table in tables.items():
+        paths.plot_data(kind, variant).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(paths.plot_data(kind, variant), index=False)
+    out = paths.plot_images(variant)
+    out.mkdir(parents=True, exist_ok=True)
     pngs = draw(task, tables, result, out, variant)
     files.write_json(paths.metrics(variant), result)
     run_id = tracking.load_run_id(folder)

@@ -33,14 +33,29 @@ def model(variant: str) -> Path:
     return Path("models") / variant
 
 
-def train_report(variant: str) -> Path:
-    return Path("reports/train") / variant
+def history(variant: str) -> Path:
+    return Path("reports/train") / f"{variant}.csv"
+
+
+METRICS = Path("reports/metrics")  # <variant>.json, written by evaluate
+METRICS_SUMMARY = Path("reports/metrics.json")
+SUMMARY = Path("reports/summary.md")
 
 
 def metrics(variant: str) -> Path:
-    return Path("reports/metrics") / f"{variant}.json"
+    return METRICS / f"{variant}.json"
 
 
-def plots(variant: str) -> Path:
-    return Path("reports/plots") / variant
+PLOTS = Path("reports/plots")  # <kind>/<variant>.csv for DVC's templates, images/<variant>/*.png
 
+
+def plot_data(kind: str, variant: str) -> Path:
+    return PLOTS / kind / f"{variant}.csv"
+
+
+def plot_images(variant: str) -> Path:
+    return PLOTS / "images" / variant
+
+
+# --- transfer learning: the pretrain stage's backbone (backbone.keras, summary.json)
+PRETRAIN = Path("models/pretrain")

@@ -3,7 +3,7 @@
 Reads the prepared shards, the train-split statistics (normalization, class
 weights, PCA colour eigenvectors) and the augmentation policy; writes
 ``models/<variant>/model.keras`` (reloads with ``safe_mode=True``), the
-resolved config, and ``reports/train/<variant>/history.{csv,json}``. Logs
+resolved config, and the per-epoch history ``reports/train/<variant>.csv``. Logs
 params, per-epoch metrics, class weights and artifacts into the variant's
 MLflow run, whose id ``evaluate`` picks up from ``models/<variant>/``.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config, files, paths, shards, tracking
-from pipeline.config import TrainConfig, Variant
+from pipeline.config import TrainConfig, TransferConfig, Variant
 from pipeline.errors import PipelineError
 from pipeline.models.registry import ModelSpec
 
@@ -71,10 +71,15 @@ def targets(meta: dict[str, Any], index: pd.DataFrame) -> np.ndarray:
 
 
 def class_weight(cfg: TrainConfig, stats: dict[str, Any]) -> dict[int, float] | None:
-    """Keras ``class_weight`` from the train-split stats: ``balanced``, ``inverse`` (the seed's) or None."""
+    """Keras ``class_weight``: ``balanced`` or ``inverse`` (the seed's) from the train-split stats, explicit, or None."""
     if cfg.class_weight == "none" or "class_weights" not in stats:
         return None
-    weights = stats["class_weights"][cfg.class_weight]
+    if isinstance(cfg.class_weight, dict):
+        weights = cfg.class_weight
+        if set(weights) != set(stats["classes"]):
+            raise PipelineError(f"train.class_weight: give a weight for each class {stats['classes']}, got {sorted(weights)}")
+    else:
+        weights = stats["class_weights"][cfg.class_weight]
     return {i: float(weights[c]) for i, c in enumerate(stats["classes"])}
 
 
@@ -152,11 +157,13 @@ class _MlflowEpochs:
         return Callback()
 
 
-def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared: Path, policy: dict[str, Any], run_id: str | None):  # noqa: ANN201
+def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared: Path, policy: dict[str, Any], run_id: str | None, transfer: TransferConfig | None = None):  # noqa: ANN201
     """Build, compile and fit the variant; return (model, history dict, seconds, images seen).
 
     ``policy`` is the augment stage's ``policy.json`` (``seed`` and ``policy``),
     applied to the train split only when the variant has ``augment: true``.
+    ``transfer`` (params ``transfer``; default: the pretrain stage's backbone)
+    picks the backbone of the models that need one.
     """
     import keras
     import tensorflow as tf
@@ -180,7 +187,12 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
 
         img = stats["image"]
         augment = augmentation.build(augmentation.Policy(**policy["policy"]), img["pca_eigenvalues"], img["pca_eigenvectors"], policy["seed"])
-    model = registry.build(variant.model, model_spec(variant, meta, stats))
+    spec = model_spec(variant, meta, stats)
+    if entry.needs_backbone:  # --- transfer learning: the pretrained backbone goes into the spec
+        from pipeline.pretrain import load_backbone
+
+        spec = dataclasses.replace(spec, backbone=load_backbone(transfer or TransferConfig("pretrain", "MobileNetV2", None), meta["image_size"]))
+    model = registry.build(variant.model, spec)
     as_dict = not isinstance(model, keras.Sequential)
     train_ds = make_dataset(model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx), cfg.batch_size, cfg.seed, augment, as_dict)
     val_ds = make_dataset(model_inputs(entry.inputs, val_idx, val_img), targets(meta, val_idx), cfg.batch_size, None, as_dict=as_dict)
@@ -192,10 +204,36 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
     if run_id:
         callbacks.append(_MlflowEpochs(run_id))
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2).history
+    # --- transfer learning: an optional second phase (variant extra finetune_epochs, see pipeline/models/transfer.py)
+    from pipeline.models.transfer import finetune_plan
+
+    plan = finetune_plan(variant.model, variant.extra, cfg.learning_rate, f"variants.{variant.name}.extra")
+    if plan:
+        fit_args = dict(x=train_ds, validation_data=val_ds, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2)
+        history = finetune(model, plan, cfg, entry.task, history, math.ceil(len(train_idx) / cfg.batch_size), fit_args)
     seconds = time.perf_counter() - start
-    epochs_run = len(history.history["loss"])
-    return model, history.history, seconds, epochs_run * len(train_idx)
+    epochs_run = len(history["loss"])
+    return model, history, seconds, epochs_run * len(train_idx)
+
+
+def finetune(model: Any, plan: tuple[int, float, str], cfg: TrainConfig, task: str, first: dict[str, list], steps_per_epoch: int, fit_args: dict[str, Any]) -> dict[str, list]:
+    """Transfer learning's second phase: unfreeze (``plan`` = epochs, learning rate, which part), recompile, fit on.
+
+    Epoch numbers continue after the first phase (``initial_epoch``), so the
+    MLflow steps and the history CSV run on; returns both phases' history merged.
+    """
+    from pipeline.models.transfer import unfreeze
+
+    epochs, learning_rate, which = plan
+    trained = unfreeze(model, which)
+    log.info("fine-tuning %s of the backbone (%s) for %d epochs at learning rate %g", which, ", ".join(trained), epochs, learning_rate)
+    phase = dataclasses.replace(cfg, epochs=epochs, learning_rate=learning_rate)
+    loss, metrics = loss_and_metrics(task, phase)
+    model.compile(optimizer=optimizer(phase, steps_per_epoch), loss=loss, metrics=metrics)
+    done = len(first["loss"])
+    second = model.fit(initial_epoch=done, epochs=done + epochs, **fit_args).history
+    return {k: [*v, *second.get(k, [])] for k, v in first.items()}
 
 
 def resolved(variant: Variant, policy: dict[str, Any]) -> dict[str, Any]:
@@ -222,30 +260,35 @@ def main(argv: list[str] | None = None) -> None:
     stats = json.loads(stats_path.read_text())
     policy = json.loads(paths.POLICY.read_text()) if variant.augment else {}
     run_config = resolved(variant, policy)
+    from pipeline.models import registry
+
+    if variant.model in registry.names() and registry.get(variant.model).needs_backbone:  # --- transfer learning
+        run_config["transfer"] = dataclasses.asdict(params.transfer)
     tags = {**tracking.git_tags(), "dvc.stage": f"train@{variant.name}", "data.hash": tracking.data_hash(Path("dvc.lock"), variant.dataset), "dataset": variant.dataset, "data.profile": params.data.profile}
     run_id = tracking.start(variant.name, variant.dataset, tags, run_config)
     try:
-        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id)
+        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer)
     except BaseException:
         tracking.finish(run_id, "FAILED")
         raise
-    out, reports = paths.model(variant.name), paths.train_report(variant.name)
+    out = paths.model(variant.name)
+    weights = class_weight(variant.train, stats)
+    by_label = {stats["classes"][i]: w for i, w in weights.items()} if weights else {}
     with files.atomic_dir(out) as tmp:
         model.save(tmp / "model.keras")
-        files.write_json(tmp / "config.json", {**run_config, "task": meta["task"], "classes": meta.get("classes"), "image_size": meta["image_size"], "parameters": model.count_params()})
+        files.write_json(tmp / "config.json", {**run_config, "task": meta["task"], "classes": meta.get("classes"), "image_size": meta["image_size"], "resize": meta.get("resize", "squash"), "parameters": model.count_params()})
         files.write_json(tmp / "train_summary.json", {"train_seconds": seconds, "images_seen": seen, "images_per_s": seen / seconds, "epochs": len(history["loss"])})
+        files.write_json(tmp / "class_weight.json", by_label)
         tracking.save_run_id(tmp, run_id)
-    reports.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(history).rename_axis("epoch").reset_index()
-    frame.to_csv(reports / "history.csv", index=False)
-    files.write_json(reports / "history.json", frame.to_dict(orient="records"))
-    weights = class_weight(variant.train, stats)
-    if weights:
-        by_label = {stats["classes"][i]: w for i, w in weights.items()}
+    history_csv = paths.history(variant.name)
+    history_csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(history_csv, index=False)
+    if by_label:
         tracking.log_params(run_id, {f"class_weight.{label}": w for label, w in by_label.items()})
-        files.write_json(reports / "class_weight.json", by_label)
-        tracking.log_artifact(run_id, reports / "class_weight.json", "stats")
-    for path, folder in ((stats_path, "stats"), (out / "config.json", "config"), (reports / "history.csv", "history"), (out / "model.keras", "model")):
+    artifacts = ((stats_path, "stats"), (out / "class_weight.json", "stats"), (out / "config.json", "config"), (history_csv, "history"), (out / "model.keras", "model"))
+    if variant.augment:
+        artifacts += ((paths.POLICY, "augmentation"), (paths.AUGMENTATION / "pets.png", "augmentation"))
+    for path, folder in artifacts:
         tracking.log_artifact(run_id, path, folder)
     tracking.log_metrics(run_id, {"train_seconds": seconds, "images_per_s": seen / seconds, "parameters": model.count_params()})
     tracking.finish(run_id)

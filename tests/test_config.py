@@ -137,7 +137,7 @@ def test_unknown_top_level_section_names_it_and_the_sections() -> None:
     raw["trian"] = {"epochs": 3}
     message = error_of(raw)
     assert "trian: unknown key" in message
-    assert "augment, data, datasets, prepare, train, validate, variants" in message
+    assert "augment, data, datasets, prepare, pretrain, train, transfer, validate, variants" in message
 
 
 def test_not_a_mapping() -> None:
@@ -169,3 +169,27 @@ def test_load_prefixes_the_file_to_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(path)
     assert str(info.value).startswith(f"{path}: prepare.pets.resize: 'stretch' is not one of squash, crop, pad")
+
+
+def test_variant_overrides_and_class_weights() -> None:
+    raw = with_change("train.class_weight", {"Cat": 1, "Dog": 3})
+    raw["variants"]["lenet5"]["train"] = {"epochs": 9, "class_weight": "none"}
+    params = config.parse(raw)
+    assert params.variants["lenet5"].train.epochs == 9 and params.variants["lenet5"].train.class_weight == "none"
+    assert params.variants["alexnet"].train.class_weight == {"Cat": 1.0, "Dog": 3.0}
+    assert params.variants["alexnet"].train.epochs == params.train.epochs
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("train.class_weight", "auto", "train.class_weight: 'auto' is not one of balanced, inverse, none"),
+        ("train.class_weight", {"Cat": -1}, "train.class_weight.Cat: -1 is outside"),
+        ("variants.lenet5.train", {"epoch": 3}, "variants.lenet5.train.epoch: unknown key"),
+        ("variants.lenet5.dataset", "cats", "variants.lenet5.dataset: 'cats' is not one of pets, houses"),
+        ("augment.policy.fill_mode", "mirror", "augment.policy.fill_mode: 'mirror' is not one of nearest, reflect, constant, wrap"),
+        ("train.optimizer", "adagrad", "train.optimizer: 'adagrad' is not one of adam, adamw, sgd, rmsprop"),
+    ],
+)
+def test_training_keys_name_the_culprit(key: str, value: Any, fragment: str) -> None:
+    assert fragment in error_of(with_change(key, value))

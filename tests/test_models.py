@@ -18,6 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 from pipeline.models import registry  # noqa: E402
 from pipeline.models.pets import SeedCNN  # noqa: E402
 from pipeline.models.registry import Entry, ModelSpec  # noqa: E402
+from pipeline.models.transfer import conv_backbone  # noqa: E402
 
 ZIPCODES = ("85255", "92677", "93510")
 UNKNOWN_ZIP = "00000"
@@ -26,6 +27,7 @@ PETS = [n for n in registry.names() if registry.get(n).task == "binary_classific
 HOUSES = [n for n in registry.names() if registry.get(n).task == "regression"]
 SEED_VARIANTS = ("cnn_sequential", "cnn_functional", "cnn_subclassed")
 BATCHNORM_BY_DESIGN = {"resnet", "cnn_montage", "mixed_inputs"}  # always BN: spec.batchnorm changes nothing
+BATCHNORM_BY_DESIGN |= {n for n in registry.names() if registry.get(n).needs_backbone}  # the backbone's own BN
 NO_CONVOLUTIONS = {"mlp_tabular"}
 DROPOUT_BY_DESIGN = {"cnn_augmented": 0.5}  # name -> the rate it has when spec.dropout is 0
 
@@ -51,7 +53,10 @@ def make_spec(entry: Entry, image_size: int = 32, **overrides) -> ModelSpec:
             "zipcodes": ZIPCODES,
             "target_scale": 500_000.0,
         }
-    return ModelSpec(**(fields | overrides))
+    fields |= overrides
+    if entry.needs_backbone:  # a tiny stand-in for the pretrained backbone, normalizing with the spec's statistics
+        fields.setdefault("backbone", conv_backbone(fields["image_size"], fields["image_mean"], fields["image_variance"], width=TINY))
+    return ModelSpec(**fields)
 
 
 def make_batch(entry: Entry, spec: ModelSpec, n: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
@@ -83,7 +88,14 @@ def predict(model: keras.Model, batch: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def layers_of(model: keras.Model, kind: type) -> list:
-    return [layer for layer in model.layers if isinstance(layer, kind)]
+    """The layers of ``kind``, nested models (a transfer model's backbone) searched too."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, kind):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found += layers_of(layer, kind)
+    return found
 
 
 @pytest.mark.parametrize("name", registry.names())

@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from pipeline import augment, evaluate, train
+from pipeline import augment, evaluate, report, train
 from pipeline.errors import PipelineError
 from tests.pipeline_project import copy_project, demo_project
 
@@ -39,6 +40,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name in TINY:
             train.main([name])
         evaluate.main([])
+        report.main([])
     return root
 
 
@@ -54,9 +56,9 @@ def _run(root: Path, variant: str):  # noqa: ANN202
 def test_outputs_written(trained: Path) -> None:
     for name, variant in TINY.items():
         assert (trained / "models" / name / "model.keras").is_file()
-        history = json.loads((trained / "reports/train" / name / "history.json").read_text())
-        assert [row["epoch"] for row in history] == list(range(variant["train"]["epochs"]))
-        assert {"loss", "val_loss"} <= set(history[0])
+        history = pd.read_csv(trained / "reports/train" / f"{name}.csv")
+        assert history.epoch.tolist() == list(range(variant["train"]["epochs"]))
+        assert {"loss", "val_loss"} <= set(history.columns)
     assert (trained / "reports/augmentation/pets.png").stat().st_size > 1000
     assert json.loads((trained / "reports/augmentation/policy.json").read_text())["policy"]["rotation"] == 40.0
 
@@ -67,9 +69,13 @@ def test_metrics_and_plots(trained: Path) -> None:
     assert 0 <= cls["accuracy"] <= 1 and sum(map(sum, cls["confusion_matrix"]["matrix"])) == cls["examples"]
     reg = json.loads((trained / "reports/metrics/tiny_mixed.json").read_text())
     assert {"mae", "rmse", "mape", "ape_mean", "ape_std"} <= set(reg) and reg["mape"] > 0
-    assert (trained / "reports/plots/tiny_cnn/confusion_matrix.png").is_file()
-    assert (trained / "reports/plots/tiny_cnn/roc.csv").is_file()
-    assert (trained / "reports/plots/tiny_mixed/predicted_vs_actual.png").is_file()
+    assert (trained / "reports/plots/images/tiny_cnn/confusion_matrix.png").is_file()
+    roc = pd.read_csv(trained / "reports/plots/roc/tiny_cnn.csv")
+    assert roc.fpr.is_monotonic_increasing and roc.tpr.iloc[-1] == 1.0
+    confusion = pd.read_csv(trained / "reports/plots/confusion/tiny_cnn.csv")
+    assert len(confusion) == cls["examples"] and set(confusion.actual) <= {"Cat", "Dog"}
+    assert (trained / "reports/plots/images/tiny_mixed/predicted_vs_actual.png").is_file()
+    assert len(pd.read_csv(trained / "reports/plots/scatter/tiny_mixed.csv")) == reg["examples"]
 
 
 def test_model_reloads_safely_and_predicts_the_same(trained: Path) -> None:
@@ -106,9 +112,9 @@ def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     train.main(["tiny_cnn"])
-    again = json.loads((tmp_path / "reports/train/tiny_cnn/history.json").read_text())
-    first = json.loads((trained / "reports/train/tiny_cnn/history.json").read_text())
-    assert again == first
+    again = pd.read_csv(tmp_path / "reports/train/tiny_cnn.csv")
+    first = pd.read_csv(trained / "reports/train/tiny_cnn.csv")
+    pd.testing.assert_frame_equal(again, first)
 
 
 def test_model_task_mismatch_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +126,28 @@ def test_model_task_mismatch_names_the_variant(trained: Path, tmp_path: Path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(PipelineError, match=r"variants\.tiny_cnn: model 'mlp_tabular' is for regression"):
         train.main(["tiny_cnn"])
+
+
+def test_report_leaderboard(trained: Path) -> None:
+    summary = (trained / "reports/summary.md").read_text()
+    assert "## pets: binary classification (by accuracy, higher is better)" in summary
+    assert "## houses: regression (by mape, lower is better)" in summary
+    for name in TINY:
+        assert f"| {name} |" in summary
+    scalars = json.loads((trained / "reports/metrics.json").read_text())
+    assert set(scalars) == set(TINY) and "accuracy" in scalars["tiny_cnn"] and "mape" in scalars["tiny_mixed"]
+
+
+def test_class_weight_choices() -> None:
+    from pipeline.config import TrainConfig
+
+    stats = {"classes": ["Cat", "Dog"], "class_weights": {"balanced": {"Cat": 0.6, "Dog": 2.0}, "inverse": {"Cat": 1.3, "Dog": 4.0}}}
+    base = dict(seed=0, epochs=1, batch_size=1, optimizer="adam", learning_rate=0.1, schedule="constant", decay=0.0,
+                weight_decay=0.0, loss="auto", label_smoothing=0.0, early_stopping=0)
+    assert train.class_weight(TrainConfig(**base, class_weight="balanced"), stats) == {0: 0.6, 1: 2.0}
+    assert train.class_weight(TrainConfig(**base, class_weight="inverse"), stats) == {0: 1.3, 1: 4.0}
+    assert train.class_weight(TrainConfig(**base, class_weight="none"), stats) is None
+    assert train.class_weight(TrainConfig(**base, class_weight={"Dog": 5.0, "Cat": 1.0}), stats) == {0: 1.0, 1: 5.0}
+    with pytest.raises(PipelineError, match=r"train.class_weight: give a weight for each class \['Cat', 'Dog'\], got \['Cat'\]"):
+        train.class_weight(TrainConfig(**base, class_weight={"Cat": 1.0}), stats)
+    assert train.class_weight(TrainConfig(**base, class_weight="balanced"), {"classes": None}) is None  # regression

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # keep TensorFlow out of the import of this module
     import keras
@@ -36,6 +36,9 @@ class ModelSpec:
     zipcodes: tuple[str, ...] = ()
     target_scale: float = 1.0  # the model's output is multiplied by this (the seed: max train price)
     extra: dict = field(default_factory=dict)  # family-specific knobs from params
+    # transfer learning: the pretrained keras.Model (image -> features) for entries with needs_backbone;
+    # the train stage loads it (pipeline.pretrain.load_backbone), the builder copies it
+    backbone: Any = None
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,21 @@ class Entry:
     task: str
     inputs: tuple[str, ...]  # names of the model's inputs, e.g. ("image",) or ("tabular", "zipcode", "image")
     build: Callable[[ModelSpec], keras.Model]
+    needs_backbone: bool = False  # the builder needs ModelSpec.backbone (transfer learning)
 
 
 REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, task: str, inputs: tuple[str, ...] = ("image",)) -> Callable:
-    """Decorator adding a builder to :data:`REGISTRY` under ``name``."""
+def register(name: str, task: str, inputs: tuple[str, ...] = ("image",), needs_backbone: bool = False) -> Callable:
+    """Decorator adding a builder to :data:`REGISTRY` under ``name`` (``needs_backbone``: it reads ``spec.backbone``)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
 
     def wrap(fn: Callable[[ModelSpec], keras.Model]) -> Callable[[ModelSpec], keras.Model]:
         if name in REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        REGISTRY[name] = Entry(name, task, inputs, fn)
+        REGISTRY[name] = Entry(name, task, inputs, fn, needs_backbone)
         return fn
 
     return wrap
@@ -84,4 +88,4 @@ def build(name: str, spec: ModelSpec) -> keras.Model:
 
 def _load() -> None:
     # Importing the family modules runs their @register decorators.
-    from pipeline.models import houses, pets  # noqa: F401
+    from pipeline.models import houses, pets, transfer  # noqa: F401

@@ -1,0 +1,80 @@
+"""Stage ``report``: a leaderboard of every evaluated variant.
+
+Reads ``reports/metrics/<variant>.json`` and writes ``reports/summary.md``
+(one table per task, best first) and ``reports/metrics.json`` (the scalar
+metrics of every variant, for ``dvc metrics show/diff``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from pipeline import files, paths
+
+log = logging.getLogger(__name__)
+
+# Per task: (key metric, True when higher is better), then the columns shown.
+TASKS: dict[str, tuple[str, bool, list[str]]] = {
+    "binary_classification": ("accuracy", True, ["accuracy", "precision", "recall", "f1", "roc_auc"]),
+    "regression": ("mape", False, ["mape", "ape_std", "mae", "rmse"]),
+}
+COMMON = ["parameters", "epochs", "train_seconds", "images_per_s"]
+
+
+def collect(folder: Path) -> dict[str, dict[str, Any]]:
+    """variant -> its metrics JSON, for every ``*.json`` in ``folder``."""
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    if not found:
+        log.warning("%s holds no metrics; run the evaluate stage first", folder)
+    return found
+
+
+def scalars(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The numeric metrics of each variant (what ``dvc metrics`` compares)."""
+    return {
+        v: {k: x for k, x in m.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+        for v, m in metrics.items()
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def leaderboard(metrics: dict[str, dict[str, Any]]) -> str:
+    """Markdown: one table per task, sorted by the task's key metric (best first)."""
+    lines = ["# Leaderboard", ""]
+    for task, (key, higher, columns) in TASKS.items():
+        rows = {v: m for v, m in metrics.items() if m.get("task") == task}
+        if not rows:
+            continue
+        ranked = sorted(rows, key=lambda v: rows[v].get(key, math.nan) * (-1 if higher else 1))
+        dataset = ", ".join(sorted({m["dataset"] for m in rows.values()}))
+        lines += [f"## {dataset}: {task.replace('_', ' ')} (by {key}, {'higher' if higher else 'lower'} is better)", ""]
+        header = ["#", "variant", *columns, *COMMON]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for rank, v in enumerate(ranked, start=1):
+            cells = [str(rank), v, *(_fmt(rows[v].get(c, "")) for c in (*columns, *COMMON))]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline report``."""
+    argparse.ArgumentParser(prog="python -m pipeline report", description=__doc__).parse_args(argv)
+    metrics = collect(paths.METRICS)
+    files.write_json(paths.METRICS_SUMMARY, scalars(metrics))
+    files.write_text(paths.SUMMARY, leaderboard(metrics))
+    log.info("leaderboard of %d variants in %s", len(metrics), paths.SUMMARY)
