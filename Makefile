@@ -28,3 +28,12 @@ bench: setup  ## benchmark figures: stage times on the demo profile; data stages
 
 clean:  ## remove generated outputs (keeps the venv, the download cache and MLflow's store)
 	rm -rf data/raw data/validated data/prepared data/stats models reports
+
+# `make review BASE=<rev>`: runs what is missing (`dvc repro`), then compares the workspace with the
+# git revision BASE (its outputs come from the DVC cache) in reports/review.md; FORMAT=html embeds the plots.
+FORMAT ?= md
+.PHONY: review
+review: setup  ## review report against a git revision: make review BASE=main [FORMAT=html]
+	@test -n "$(BASE)" || { echo "usage: make review BASE=<git revision> [FORMAT=md|html]" >&2; exit 2; }
+	dvc repro
+	python -m pipeline report --base $(BASE) --format $(FORMAT) --output reports/review.$(FORMAT)

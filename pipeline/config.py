@@ -509,6 +509,24 @@ def _transfer(d: Any) -> TransferConfig:
     return TransferConfig(backbone=backbone, application=_choice(d["application"], "transfer.application", APPLICATIONS), weights=weights)
 
 
+# --------------------------------------------------------------------------- review (python -m pipeline report --base)
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """The review report (no DVC stage reads it): a metric whose relative change exceeds ``threshold`` is marked."""
+
+    threshold: float  # relative change, 0.02 = 2 %
+
+
+REVIEW_DEFAULT = ReviewConfig(threshold=0.02)
+
+
+def _review(d: Any) -> ReviewConfig:
+    d = _section(d, "review", ("threshold",))
+    return ReviewConfig(threshold=float(_number(d["threshold"], "review.threshold", 0, 10)))
+
+
 # --------------------------------------------------------------------------- whole file
 
 
@@ -523,14 +541,17 @@ class Params:
     variants: dict[str, Variant]
     pretrain: PretrainConfig
     transfer: TransferConfig
+    review: ReviewConfig = REVIEW_DEFAULT
 
 
-SECTIONS = ("data", "datasets", "validate", "prepare", "augment", "train", "variants", "pretrain", "transfer")
+SECTIONS = ("data", "datasets", "validate", "prepare", "augment", "train", "variants", "pretrain", "transfer", "review")
+# absent from older params files (a review compares with them): defaults apply
+OPTIONAL_SECTIONS = ("review",)
 
 
 def parse(raw: Any) -> Params:
     """Validate a params mapping (as read from YAML) into :class:`Params`."""
-    raw = _section(raw, "", SECTIONS)
+    raw = _section(raw, "", tuple(s for s in SECTIONS if s not in OPTIONAL_SECTIONS), OPTIONAL_SECTIONS)
     return Params(
         data=_data(raw["data"]),
         datasets=_sources(raw["datasets"]),
@@ -541,6 +562,7 @@ def parse(raw: Any) -> Params:
         variants=_variants(raw["variants"], raw["train"]),
         pretrain=_pretrain(raw["pretrain"]),
         transfer=_transfer(raw["transfer"]),
+        review=_review(raw["review"]) if "review" in raw else REVIEW_DEFAULT,
     )
 
 

@@ -114,30 +114,53 @@ def _write_pet_defects(root: Path, rng: np.random.Generator) -> int:
 
 
 def _room_photo(rng: np.random.Generator, room: str, quality: float, area: float, size: int) -> Image.Image:
-    """One photo whose look carries the house's hidden quality (brighter, more saturated, bigger windows)."""
-    tint = np.array({"bathroom": (170, 190, 210), "bedroom": (190, 160, 140), "frontal": (120, 170, 220), "kitchen": (200, 190, 160)}[room])
+    """One photo: the room shows in its shapes, the house's hidden quality in light and window size.
+
+    The background colour is random, so telling rooms apart (the pretrain
+    stage's source task) takes shapes: round fixtures in bathrooms, a bed in
+    bedrooms, cabinets and burners in kitchens, a triangular roof in front.
+    """
     light = 0.55 + 0.45 * quality
-    arr = np.clip(tint * light + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    base = rng.uniform(90, 230, size=3) * light
+    arr = np.clip(base + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
+    u = lambda lo, hi: float(rng.uniform(lo, hi)) * size  # noqa: E731 - a position or length in pixels
+    ink = tuple(int(v) for v in rng.integers(20, 120, size=3))
     if room == "frontal":  # the house: width grows with the area, roof colour with quality
         hw = size * min(0.45, 0.18 + area / 20000)
-        x0, x1, y0, y1 = size / 2 - hw, size / 2 + hw, size * 0.45, size * 0.9
+        cx = u(0.4, 0.6)
+        x0, x1, y0, y1 = cx - hw, cx + hw, u(0.42, 0.5), u(0.85, 0.95)
         draw.rectangle([x0, y0, x1, y1], fill=(int(200 * light), int(190 * light), int(170 * light)))
-        roof = (int(60 + 150 * quality), int(40 + 30 * quality), int(40))
-        draw.polygon([(x0 - 4, y0), (x1 + 4, y0), (size / 2, size * 0.2)], fill=roof)
-        draw.rectangle([size / 2 - 4, y1 - 14, size / 2 + 4, y1], fill=(60, 40, 30))
-    else:  # a window and a fixture; better houses get bigger windows
-        win = size * (0.12 + 0.2 * quality)
-        draw.rectangle([size * 0.1, size * 0.1, size * 0.1 + win, size * 0.1 + win], fill=(235, 240, 255))
-        fx = size * rng.uniform(0.35, 0.6)
-        draw.rectangle([fx, size * 0.55, fx + size * 0.3, size * 0.9], fill=(int(80 + 120 * quality), 90, 70))
+        roof = (int(60 + 150 * quality), int(40 + 30 * quality), 40)
+        draw.polygon([(x0 - 4, y0), (x1 + 4, y0), (cx, u(0.12, 0.25))], fill=roof)
+        draw.rectangle([cx - 4, y1 - 14, cx + 4, y1], fill=(60, 40, 30))
+        return img
+    win = size * (0.12 + 0.2 * quality)  # better houses get bigger windows
+    wx = u(0.05, 0.6)
+    draw.rectangle([wx, size * 0.08, wx + win, size * 0.08 + win], fill=(235, 240, 255))
+    if room == "bathroom":  # a tub and a round mirror
+        draw.ellipse([u(0.05, 0.3), u(0.55, 0.65), u(0.7, 0.95), u(0.8, 0.95)], fill=(240, 240, 245), outline=ink, width=2)
+        mx, my, mr = u(0.3, 0.7), u(0.3, 0.45), u(0.07, 0.12)
+        draw.ellipse([mx - mr, my - mr, mx + mr, my + mr], fill=(200, 220, 235), outline=ink, width=2)
+    elif room == "bedroom":  # a bed with a pillow
+        bx, by = u(0.05, 0.35), u(0.5, 0.6)
+        draw.rectangle([bx, by, bx + u(0.5, 0.6), by + u(0.3, 0.38)], fill=ink)
+        draw.rectangle([bx + size * 0.03, by + size * 0.03, bx + u(0.15, 0.22), by + u(0.1, 0.14)], fill=(235, 235, 225))
+    else:  # kitchen: a row of cabinets and four burners
+        top = u(0.55, 0.65)
+        for k in range(4):
+            draw.rectangle([size * (0.05 + 0.23 * k), top, size * (0.05 + 0.23 * k) + size * 0.2, top + size * 0.3], outline=ink, width=2)
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            x, y = size * (0.55 + 0.15 * dx), size * (0.3 + 0.12 * dy)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=ink)
     return img
 
 
 def write_houses(root: Path, cfg: DemoConfig, photo_size: int = 64) -> int:
     """Write the demo Houses dataset under ``root``; return the number of files."""
     rng = np.random.default_rng(cfg.seed + 1)
+    photo_rng = np.random.default_rng([cfg.seed, 2])  # its own stream: drawing photos leaves the table unchanged
     folder = root / HOUSES_ROOT
     folder.mkdir(parents=True, exist_ok=True)
     weights = np.array([z[2] for z in _ZIPS] + [24 / len(_RARE_ZIPS)] * len(_RARE_ZIPS), dtype=float)
@@ -152,7 +175,7 @@ def write_houses(root: Path, cfg: DemoConfig, photo_size: int = 64) -> int:
         price = per_sqft * area * (0.6 + 0.8 * quality) * (1 + 0.04 * bathrooms) * math.exp(rng.normal(0, 0.05))
         lines.append(f"{bedrooms} {bathrooms:g} {area} {zipcode} {int(round(price, -2))}")
         for room in HOUSE_ROOMS:
-            img = _room_photo(rng, room, quality, area, photo_size)
+            img = _room_photo(photo_rng, room, quality, area, photo_size)
             (folder / f"{house}_{room}.jpg").write_bytes(_jpeg(img))
     (folder / "HousesInfo.txt").write_text("\n".join(lines) + "\n")
     (root / "Houses-dataset-master" / "README.md").write_text("Demo stand-in for the Houses dataset (Ahmed & Moustafa, 2016).\n")

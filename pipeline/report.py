@@ -72,8 +72,21 @@ def leaderboard(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipeline report``."""
-    argparse.ArgumentParser(prog="python -m pipeline report", description=__doc__).parse_args(argv)
+    """``python -m pipeline report``; with ``--base REV``, the review report (:mod:`pipeline.review`)."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline report", description=__doc__)
+    review = parser.add_argument_group("review (not a DVC stage): compare with a git revision instead")
+    review.add_argument("--base", metavar="REV", help="git revision to compare with (its outputs come from the DVC cache)")
+    review.add_argument("--head", metavar="EXP", help="an experiment name or revision instead of the workspace")
+    review.add_argument("--format", choices=("md", "html"), help="md (a PR comment) or html (plots embedded); default: by --output")
+    review.add_argument("--output", type=Path, metavar="FILE", help="write there instead of stdout")
+    args = parser.parse_args(argv)
+    if args.base is not None:
+        from pipeline import review as review_report
+
+        review_report.run(base=args.base, head=args.head, fmt=args.format, output=args.output)
+        return
+    if args.head or args.format or args.output:
+        parser.error("--head, --format and --output go with --base")
     metrics = collect(paths.METRICS)
     files.write_json(paths.METRICS_SUMMARY, scalars(metrics))
     files.write_text(paths.SUMMARY, leaderboard(metrics))

@@ -137,7 +137,7 @@ def test_unknown_top_level_section_names_it_and_the_sections() -> None:
     raw["trian"] = {"epochs": 3}
     message = error_of(raw)
     assert "trian: unknown key" in message
-    assert "augment, data, datasets, prepare, pretrain, train, transfer, validate, variants" in message
+    assert "augment, data, datasets, prepare, pretrain, review, train, transfer, validate, variants" in message
 
 
 def test_not_a_mapping() -> None:
