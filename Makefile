@@ -37,3 +37,9 @@ review: setup  ## review report against a git revision: make review BASE=main [F
 	@test -n "$(BASE)" || { echo "usage: make review BASE=<git revision> [FORMAT=md|html]" >&2; exit 2; }
 	dvc repro
 	python -m pipeline report --base $(BASE) --format $(FORMAT) --output reports/review.$(FORMAT)
+
+# `make ui [PORT=5000]`: MLflow's UI on the local store (mlflow.db, mlartifacts/) at http://127.0.0.1:$(PORT)
+PORT ?= 5000
+.PHONY: ui
+ui: setup  ## MLflow UI on the local tracking store: make ui [PORT=5000]
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(PORT)

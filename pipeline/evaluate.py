@@ -86,7 +86,7 @@ def draw(task: str, tables: dict[str, pd.DataFrame], result: dict[str, Any], out
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center")
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
         ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=labels, yticklabels=labels, xlabel="predicted", ylabel="actual", title=f"{title}: confusion")
         written.append(_save(fig, out / "confusion_matrix.png"))
         fig, ax = plt.subplots(figsize=(4, 4))
@@ -106,6 +106,26 @@ def draw(task: str, tables: dict[str, pd.DataFrame], result: dict[str, Any], out
         written.append(_save(fig, out / "predicted_vs_actual.png"))
     plt.close("all")
     return written
+
+
+def draw_history(history: pd.DataFrame, path: Path, title: str) -> Path:
+    """Training curves: every ``<metric>`` next to its ``val_<metric>``, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c for c in history.columns if c != "epoch" and not c.startswith("val_") and f"val_{c}" in history]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.plot(history.epoch, history[name], label="train")
+        ax.plot(history.epoch, history[f"val_{name}"], label="val")
+        ax.set(xlabel="epoch", title=name)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -146,12 +166,14 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
             train_index, train_images = shards.load_split(prepared, "train")
             result.update(knn_accuracy=transfer.knn_accuracy(model, k, (train_images, targets(meta, train_index)), (images, y)), knn_k=k)
     tables = plot_data(task, y, p, index, meta.get("classes"))
+    tables["history"] = pd.read_csv(paths.history(variant))  # beside the other plot data, for dvc.yaml
     for kind, table in tables.items():
         paths.plot_data(kind, variant).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(paths.plot_data(kind, variant), index=False)
     out = paths.plot_images(variant)
     out.mkdir(parents=True, exist_ok=True)
     pngs = draw(task, tables, result, out, variant)
+    pngs.append(draw_history(tables["history"], out / "training_curves.png", f"{variant}: training curves"))
     files.write_json(paths.metrics(variant), result)
     run_id = tracking.load_run_id(folder)
     scalars = {f"test_{k}": v for k, v in result.items() if isinstance(v, float) and np.isfinite(v) and k not in trained}

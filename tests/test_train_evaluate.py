@@ -75,6 +75,9 @@ def test_metrics_and_plots(trained: Path) -> None:
     confusion = pd.read_csv(trained / "reports/plots/confusion/tiny_cnn.csv")
     assert len(confusion) == cls["examples"] and set(confusion.actual) <= {"Cat", "Dog"}
     assert (trained / "reports/plots/images/tiny_mixed/predicted_vs_actual.png").is_file()
+    assert (trained / "reports/plots/images/tiny_mixed/training_curves.png").is_file()
+    history = pd.read_csv(trained / "reports/plots/history/tiny_cnn.csv")
+    assert history.equals(pd.read_csv(trained / "reports/train/tiny_cnn.csv"))
     assert len(pd.read_csv(trained / "reports/plots/scatter/tiny_mixed.csv")) == reg["examples"]
 
 
