@@ -93,3 +93,28 @@ def edit_params(root: Path, dotted: str, value: Any) -> None:
         node = node[key]
     node[last] = value
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def trained_project(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    parts: tuple[str, ...],
+    sections: dict[str, Any],
+    steps: list[tuple[str, list[str]]],
+) -> Path:
+    """A copy of ``parts`` of the demo project whose params.yaml has ``sections`` replaced, after ``steps``.
+
+    Each step is ``(stage, argv)``, run in-process in the copy with MLflow
+    logging to ``<copy>/mlflow.db``; e.g. ``[("train", ["tiny"]), ("evaluate", [])]``.
+    """
+    root = tmp_path_factory.mktemp(name)
+    copy_project(demo_project(tmp_path_factory), root, *parts)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.update(sections)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        for stage, argv in steps:
+            importlib.import_module(f"pipeline.{stage}").main(argv)
+    return root

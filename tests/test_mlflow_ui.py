@@ -25,10 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline import augment, evaluate, train
-from tests.pipeline_project import REPO, copy_project, demo_project
+from tests.pipeline_project import REPO, trained_project
 
 pytestmark = pytest.mark.slow
 
@@ -84,19 +82,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny augment -> train -> evaluate of one pets and one houses variant into ``<tmp>/mlflow.db``."""
-    root = tmp_path_factory.mktemp("mlflow-ui")
-    copy_project(demo_project(tmp_path_factory), root, "data/prepared", "data/stats")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["variants"] = TINY
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        augment.main([])
-        for name in TINY:
-            train.main([name])
-        evaluate.main([])
-    return root
+    steps = [("augment", []), *(("train", [name]) for name in TINY), ("evaluate", [])]
+    return trained_project(tmp_path_factory, "mlflow-ui", ("data/prepared", "data/stats"), {"variants": TINY}, steps)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +154,7 @@ def _playwright():  # noqa: ANN202 - the sync_playwright factory, or a skip sayi
 def test_browser_shows_the_pets_runs(server: str, tmp_path: Path) -> None:
     sync_playwright = _playwright()
     pets = _experiment_ids(server)["pets"]
-    url = f"{server}/#/experiments/{pets}"
+    url = f"{server}/#/experiments/{pets}/runs"  # the bare experiment URL opens MLflow 3's GenAI overview, not the runs table
     shot = tmp_path / "mlflow_ui.png"
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(

@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from pipeline import __main__ as cli_main
 from pipeline import predict, shards, train
 from pipeline.errors import PipelineError
 from pipeline.images import load, montage
 from pipeline.models import registry
-from tests.pipeline_project import REPO, copy_project, demo_project
+from tests.pipeline_project import REPO, trained_project
 
 TINY = {
     "tiny_pets": {"dataset": "pets", "model": "cnn_functional", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
@@ -40,17 +39,8 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("predict")
-    copy_project(demo_project(tmp_path_factory), root, "data/prepared", "data/stats", "data/raw/pets", "data/raw/houses")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["variants"] = TINY
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        for name in TINY:
-            train.main([name])
-    return root
+    parts = ("data/prepared", "data/stats", "data/raw/pets", "data/raw/houses")
+    return trained_project(tmp_path_factory, "predict", parts, {"variants": TINY}, [("train", [name]) for name in TINY])
 
 
 @pytest.fixture

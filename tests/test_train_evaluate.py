@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import augment, evaluate, report, train
+from pipeline import train
 from pipeline.errors import PipelineError
-from tests.pipeline_project import copy_project, demo_project
+from tests.pipeline_project import copy_project, trained_project
 
 TINY = {
     "tiny_cnn": {"dataset": "pets", "model": "cnn_functional", "augment": True, "width": 0.25, "train": {"epochs": 2, "batch_size": 32}},
@@ -28,20 +28,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    copy_project(demo_project(tmp_path_factory), root, "data/prepared", "data/stats")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["variants"] = TINY
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        augment.main([])
-        for name in TINY:
-            train.main([name])
-        evaluate.main([])
-        report.main([])
-    return root
+    steps = [("augment", []), *(("train", [name]) for name in TINY), ("evaluate", []), ("report", [])]
+    return trained_project(tmp_path_factory, "train", ("data/prepared", "data/stats"), {"variants": TINY}, steps)
 
 
 def _run(root: Path, variant: str):  # noqa: ANN202

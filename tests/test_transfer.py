@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config, evaluate, pretrain, train
+from pipeline import config, pretrain
 from pipeline.config import ConfigError, TransferConfig
 from pipeline.errors import PipelineError
-from tests.pipeline_project import copy_project, demo_project
+from tests.pipeline_project import trained_project
 
 keras = pytest.importorskip("keras")
 
@@ -44,20 +44,9 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("transfer")
-    copy_project(demo_project(tmp_path_factory), root, "data/raw/houses", "data/validated/houses", "data/prepared/pets", "data/stats")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["pretrain"] = PRETRAIN
-    params["variants"] = VARIANTS
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        pretrain.main([])
-        for name in VARIANTS:
-            train.main([name])
-        evaluate.main([])
-    return root
+    parts = ("data/raw/houses", "data/validated/houses", "data/prepared/pets", "data/stats")
+    steps = [("pretrain", []), *(("train", [name]) for name in VARIANTS), ("evaluate", [])]
+    return trained_project(tmp_path_factory, "transfer", parts, {"pretrain": PRETRAIN, "variants": VARIANTS}, steps)
 
 
 def _client(root: Path):  # noqa: ANN202
