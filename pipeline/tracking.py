@@ -8,6 +8,7 @@ evaluate reopens that run, so both log into the same place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,13 +48,22 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_tags() -> dict[str, str]:
-    """``git.commit`` and ``git.dirty`` of the working tree ("unknown" outside a git checkout)."""
+    """``git.commit``, ``git.dirty`` and ``pipeline.revision`` ("unknown" outside a git checkout).
+
+    ``pipeline.revision`` names one state of code and params: the commit, plus
+    a digest of the uncommitted changes when the tree is dirty. The runs of
+    one ``dvc repro`` share it: group by it in the MLflow UI ("Group by" >
+    tag). Tags rather than parent runs keep every variant's row, with its
+    metrics, visible in the runs table.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip())
+        # dvc.lock and .gitignore files change while `dvc repro` runs; they are not the state it runs
+        diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":!dvc.lock", ":!.gitignore", ":!**/.gitignore"], capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
-    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+        return {"git.commit": "unknown", "git.dirty": "unknown", "pipeline.revision": "unknown"}
+    revision = commit[:12] + (f"+{hashlib.sha256(diff).hexdigest()[:8]}" if diff else "")
+    return {"git.commit": commit, "git.dirty": str(bool(diff)).lower(), "pipeline.revision": revision}
 
 
 def data_hash(lock: Path, dataset: str) -> str:

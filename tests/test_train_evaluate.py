@@ -142,3 +142,30 @@ def test_class_weight_choices() -> None:
     with pytest.raises(PipelineError, match=r"train.class_weight: give a weight for each class \['Cat', 'Dog'\], got \['Cat'\]"):
         train.class_weight(TrainConfig(**base, class_weight={"Cat": 1.0}), stats)
     assert train.class_weight(TrainConfig(**base, class_weight="balanced"), {"classes": None}) is None  # regression
+
+
+def test_runs_of_one_repro_share_a_revision_tag(trained: Path) -> None:
+    _, cnn = _run(trained, "tiny_cnn")
+    _, mixed = _run(trained, "tiny_mixed")
+    assert cnn.data.tags["pipeline.revision"] == mixed.data.tags["pipeline.revision"] == "unknown"  # not a git checkout
+
+
+def test_revision_follows_params_not_dvc_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from pipeline import tracking
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("params.yaml", "dvc.lock"):
+        (tmp_path / name).write_text("a: 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    clean = tracking.git_tags()
+    assert clean["git.dirty"] == "false" and clean["pipeline.revision"] == clean["git.commit"][:12]
+    (tmp_path / "dvc.lock").write_text("a: 2\n")  # dvc repro rewrites it stage by stage
+    assert tracking.git_tags() == clean
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    dirty = tracking.git_tags()
+    assert dirty["git.dirty"] == "true" and dirty["pipeline.revision"].startswith(clean["pipeline.revision"] + "+")
