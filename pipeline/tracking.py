@@ -28,6 +28,8 @@ RUN_FILE = "mlflow_run.json"
 
 
 def _mlflow():  # noqa: ANN202 - the module
+    # No network but the tracking server: MLflow 3 otherwise sends usage telemetry.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
