@@ -23,6 +23,8 @@ PROFILES: tuple[str, ...] = ("demo", "real")
 RESIZE_MODES: tuple[str, ...] = ("squash", "crop", "pad")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 HOUSE_ROOMS: tuple[str, ...] = ("bathroom", "bedroom", "frontal", "kitchen")
+# HousesInfo.txt's continuous columns: the models' ``tabular`` input, in this order
+HOUSE_CONTINUOUS: tuple[str, ...] = ("bedrooms", "bathrooms", "area")
 
 
 class ConfigError(PipelineError):

@@ -36,14 +36,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline import files, paths, shards
-from pipeline.config import HOUSE_ROOMS
+from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS
 from pipeline.errors import PipelineError
 from pipeline.images import load, montage
 
 log = logging.getLogger(__name__)
 
 HOUSES_INFO = "HousesInfo.txt"
-CONTINUOUS = ("bedrooms", "bathrooms", "area")  # the ``tabular`` input's columns, as in pipeline.train
 CHUNK = 512  # examples decoded and predicted at a time (bounds memory on large folders)
 
 
@@ -186,7 +185,7 @@ def parse_house(line: str) -> dict[str, Any]:
         raise ValueError(f"bedrooms, bathrooms, area and price must be numbers: {line.strip()!r}") from None
     if not all(math.isfinite(n) for n in numbers):
         raise ValueError(f"not a finite number in {line.strip()!r}")
-    return dict(zip(CONTINUOUS, numbers[:3]), zipcode=fields[3], price=numbers[3] if len(fields) == 5 else None)
+    return dict(zip(HOUSE_CONTINUOUS, numbers[:3]), zipcode=fields[3], price=numbers[3] if len(fields) == 5 else None)
 
 
 def house_photos(folder: Path, house_id: int) -> list[Path]:
@@ -304,7 +303,7 @@ def predict_houses(served: Served, args: list[str], batch_size: int = 64) -> lis
                 rows[i]["error"], montages[k] = error, image
         ok = [k for k, i in enumerate(ids) if rows[i]["error"] is None]
         if ok:
-            table = pd.DataFrame([{c: houses[ids[k]][c] for c in (*CONTINUOUS, "zipcode")} for k in ok])
+            table = pd.DataFrame([{c: houses[ids[k]][c] for c in (*HOUSE_CONTINUOUS, "zipcode")} for k in ok])
             images = np.stack([montages[k] for k in ok]) if needs_photos else None
             for k, price in zip(ok, predict_arrays(served.model, served.inputs, table, images, batch_size)):
                 row = rows[ids[k]]

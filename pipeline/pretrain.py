@@ -133,7 +133,7 @@ def fit_backbone(cfg: PretrainConfig, data: dict[str, tuple[np.ndarray, np.ndarr
     import tensorflow as tf
 
     from pipeline.models import transfer
-    from pipeline.train import _MlflowEpochs, make_dataset
+    from pipeline.train import make_dataset
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
@@ -151,7 +151,7 @@ def fit_backbone(cfg: PretrainConfig, data: dict[str, tuple[np.ndarray, np.ndarr
     val_ds = make_dataset({"image": x_val}, y_val, 64, None, as_dict=False)
     callbacks: list = [keras.callbacks.TerminateOnNaN()]
     if run_id:
-        callbacks.append(_MlflowEpochs(run_id))
+        callbacks.append(tracking.epoch_logger(run_id))
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False, verbose=2)
     return backbone, history.history, time.perf_counter() - start

@@ -8,7 +8,6 @@ pixel units), the RGB covariance and its eigen-decomposition (AlexNet's
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import cli, files, paths
+from pipeline import cli, files, paths, shards
+from pipeline.config import HOUSE_CONTINUOUS
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-CONTINUOUS = ("bedrooms", "bathrooms", "area")
 _CHUNK = 256  # images per float64 block: bounds memory on large shards
 
 
@@ -72,7 +71,7 @@ def class_weights(labels: pd.Series, classes: list[str]) -> dict[str, Any]:
 def tabular_stats(train: pd.DataFrame) -> dict[str, Any]:
     """Min/max and mean/std of each continuous column and the price; the zip-code vocabulary."""
     cols = {}
-    for col in (*CONTINUOUS, "price"):
+    for col in (*HOUSE_CONTINUOUS, "price"):
         v = train[col].astype(float)
         cols[col] = {"min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()), "std": float(v.std(ddof=0))}
     return {"columns": cols, "zipcodes": sorted(str(z) for z in train.zipcode.unique())}
@@ -85,8 +84,8 @@ def load_train(prepared: Path) -> tuple[pd.DataFrame, list[np.ndarray], dict[str
         raise PipelineError(f"{index_path}: not found; run the prepare stage first")
     index = pd.read_parquet(index_path)
     train = index[index.split == "train"]
-    shards = [np.load(prepared / s, mmap_mode="r") for s in sorted(train.shard.unique())]
-    return train, shards, json.loads((prepared / "meta.json").read_text())
+    arrays = [np.load(prepared / s, mmap_mode="r") for s in sorted(train.shard.unique())]
+    return train, arrays, shards.meta(prepared)
 
 
 def compute(train: pd.DataFrame, shards: list[np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:

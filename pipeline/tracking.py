@@ -108,6 +108,15 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
     mlflow.MlflowClient().log_batch(run_id, metrics=batch)
 
 
+def epoch_logger(run_id: str):  # noqa: ANN201 - a keras callback; keras is imported only here
+    """A Keras callback logging each epoch's metrics into ``run_id`` in one batched call."""
+    import keras
+
+    return keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: log_metrics(run_id, {k: float(v) for k, v in (logs or {}).items()}, step=epoch)
+    )
+
+
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     """Log several (flattened) params in one call."""
     mlflow = _mlflow()

@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config, files, paths, shards, tracking
-from pipeline.config import TrainConfig, TransferConfig, Variant
+from pipeline.config import HOUSE_CONTINUOUS, TrainConfig, TransferConfig, Variant
 from pipeline.errors import PipelineError
 from pipeline.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
-CONTINUOUS = ("bedrooms", "bathrooms", "area")
 
 
 def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) -> ModelSpec:
@@ -46,8 +45,8 @@ def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) ->
     if "tabular" in stats:
         cols = stats["tabular"]["columns"]
         spec.update(
-            tabular_mean=tuple(cols[c]["mean"] for c in CONTINUOUS),
-            tabular_variance=tuple(cols[c]["std"] ** 2 for c in CONTINUOUS),
+            tabular_mean=tuple(cols[c]["mean"] for c in HOUSE_CONTINUOUS),
+            tabular_variance=tuple(cols[c]["std"] ** 2 for c in HOUSE_CONTINUOUS),
             zipcodes=tuple(stats["tabular"]["zipcodes"]),
             target_scale=cols["price"]["max"],  # the seed scales prices by the largest train price
         )
@@ -58,7 +57,7 @@ def model_inputs(names: tuple[str, ...], index: pd.DataFrame, images: np.ndarray
     """The arrays each named model input takes: raw pixels, raw house attributes, zip codes as strings."""
     available = {
         "image": lambda: images.astype(np.float32),
-        "tabular": lambda: index[list(CONTINUOUS)].to_numpy(np.float32),
+        "tabular": lambda: index[list(HOUSE_CONTINUOUS)].to_numpy(np.float32),
         "zipcode": lambda: index.zipcode.astype(str).to_numpy().reshape(-1, 1),
     }
     return {n: available[n]() for n in names}
@@ -144,19 +143,6 @@ def loss_and_metrics(task: str, cfg: TrainConfig) -> tuple[Any, list]:
     return losses[name], [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.MeanAbsolutePercentageError(name="mape")]
 
 
-class _MlflowEpochs:
-    """Keras callback logging each epoch's metrics in one batched MLflow call."""
-
-    def __new__(cls, run_id: str):  # noqa: ANN204 - built lazily to keep keras out of import time
-        import keras
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                tracking.log_metrics(run_id, {k: float(v) for k, v in (logs or {}).items()}, step=epoch)
-
-        return Callback()
-
-
 def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared: Path, policy: dict[str, Any], run_id: str | None, transfer: TransferConfig | None = None):  # noqa: ANN201
     """Build, compile and fit the variant; return (model, history dict, seconds, images seen).
 
@@ -202,7 +188,7 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
     if cfg.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.early_stopping, restore_best_weights=True))
     if run_id:
-        callbacks.append(_MlflowEpochs(run_id))
+        callbacks.append(tracking.epoch_logger(run_id))
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2).history
     # --- transfer learning: an optional second phase (variant extra finetune_epochs, see pipeline/models/transfer.py)
