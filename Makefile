@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench results clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ bench: setup  ## benchmark figures: stage times on the demo profile; data stages
 	python benchmarks/stage_times.py
 	python benchmarks/data_stages.py
 
+# `make results [VARIANTS=a,b]`: every variant (or a subset) on the real datasets at the seed's protocols
+# (results.yaml) in results/workspace; writes reports/results.json and the README's results table.
+results: setup  ## real-data results at the seed's protocols (needs ../shared/datasets): make results [VARIANTS=a,b]
+	python scripts/results.py $(if $(VARIANTS),--variants $(VARIANTS))
+
 clean:  ## remove generated outputs (keeps the venv, the download cache and MLflow's store)
 	rm -rf data/raw data/validated data/prepared data/stats models reports
 
@@ -40,8 +45,10 @@ review: setup  ## review report against a git revision: make review BASE=main [F
 	dvc repro
 	python -m pipeline report --base $(BASE) --format $(FORMAT) --output reports/review.$(FORMAT)
 
-# `make ui [PORT=5000]`: MLflow's UI on the local store (mlflow.db, mlartifacts/) at http://127.0.0.1:$(PORT)
+# `make ui [PORT=5000]`: MLflow's UI on the local store (mlflow.db, mlartifacts/) at http://127.0.0.1:$(PORT);
+# first prints each experiment's runs-table URL, with the view showing its key metric as a column
 PORT ?= 5000
 .PHONY: ui
 ui: setup  ## MLflow UI on the local tracking store: make ui [PORT=5000]
+	MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m pipeline.tracking http://127.0.0.1:$(PORT)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(PORT)

@@ -144,6 +144,16 @@ def test_transfer_finetune_trains_only_the_top_block_and_keeps_batchnorm_frozen(
     assert all(name.startswith("block") or name == "normalize" for name in before)
 
 
+def test_transfer_scratch_is_the_same_architecture_with_fresh_weights_all_trained() -> None:
+    backbone = transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25)
+    scratch, pretrained = transfer.transfer_scratch(ModelSpec(image_size=32, backbone=backbone)), transfer.transfer_finetune(ModelSpec(image_size=32, backbone=backbone))
+    assert [w.shape for w in scratch.weights] == [w.shape for w in pretrained.weights]
+    fresh = transfer.backbone_of(scratch).get_layer("block1_conv").get_weights()[0]
+    assert not np.array_equal(fresh, backbone.get_layer("block1_conv").get_weights()[0])  # not the pretrained weights
+    assert {id(w) for w in scratch.trainable_weights} >= {id(w) for w in transfer.backbone_of(scratch).get_layer("block4_conv").weights}
+    assert all(layer.trainable for layer in transfer.leaves(transfer.backbone_of(scratch)))
+
+
 def test_unfreeze_marks_the_top_block_trainable_except_batchnorm() -> None:
     spec = ModelSpec(image_size=32, backbone=transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25))
     model = transfer.transfer_finetune(spec)

@@ -400,13 +400,15 @@ def resnet(spec: ModelSpec) -> keras.Model:
     BatchNormalization is part of the design (``spec.batchnorm`` is ignored).
     Halvings at the stem conv (7x7/2, else 3x3/1), the stem pool and the first
     block of stages 2-4; small images drop the earliest so the last map is >= 4 px.
-    Extra: ``filters`` (64, 128, 256, 512) and ``blocks`` per stage (2, 2, 2, 2; 3, 4, 6, 3 = ResNet-34).
+    Extra: ``filters`` (64, 128, 256, 512) and ``blocks`` per stage (2, 2, 2, 2; 3, 4, 6, 3 = ResNet-34),
+    ``min_map`` (4): the smallest last map before a halving is dropped (96 px keeps all five
+    halvings with 3, at a quarter of the early layers' cost).
     """
     filters = tuple(spec.extra.get("filters", (64, 128, 256, 512)))
     blocks = tuple(spec.extra.get("blocks", (2, 2, 2, 2)))
     if len(filters) != len(blocks):
         raise ValueError(f"resnet: filters {filters} and blocks {blocks} differ in length")
-    s = stride_plan(spec.image_size, 1 + len(filters), min_size=4)
+    s = stride_plan(spec.image_size, 1 + len(filters), min_size=int(spec.extra.get("min_map", 4)))
     image, x = image_input(spec)
     x = conv(x, units(int(filters[0]), spec.width), 7 if s[0] == 2 else 3, strides=s[0], batchnorm=True, name="stem")
     x = max_pool(x, s[1], name="stem_pool")

@@ -26,6 +26,8 @@ it (fresh layers, same weights), so the spec's model is never changed.
   stage calls :func:`unfreeze` (the top block, BatchNormalization kept frozen)
   and fits ``finetune_epochs`` more with ``finetune_learning_rate``
   (see :func:`finetune_plan`).
+* ``transfer_scratch``: the control: the same architecture with fresh
+  weights, all of it trained (what the pretraining is worth).
 
 Under Keras 3 a Functional model passes the outer ``training`` flag on to
 nested models during ``fit``, so it is ``BatchNormalization.trainable =
@@ -101,19 +103,28 @@ def copy_backbone(backbone: keras.Model) -> keras.Model:
 # --- the two variants ----------------------------------------------------------------------------
 
 
-def _transfer(spec: ModelSpec, name: str) -> keras.Model:
+def _check_backbone(spec: ModelSpec, name: str) -> None:
     if spec.backbone is None:
         raise ValueError(f"{name}: needs ModelSpec.backbone (a keras.Model image -> features); the train stage loads it")
     expected = (spec.image_size, spec.image_size, CHANNELS)
     got = tuple(spec.backbone.inputs[0].shape[1:])
     if got != expected:
         raise ValueError(f"{name}: the backbone takes {got} images, the data has {expected}")
-    base = copy_backbone(spec.backbone)
-    base.trainable = False
-    image = keras.Input(shape=expected, dtype="float32", name=IMAGE)
-    x = base(image, training=False)  # inference mode for its BatchNormalization (see the module docstring)
+
+
+def _head(base: keras.Model, spec: ModelSpec, name: str, training: bool | None) -> keras.Model:
+    """``base`` (image -> features) + Dense(``dense_units`` x width, relu) + [Dropout] + sigmoid."""
+    image = keras.Input(shape=(spec.image_size, spec.image_size, CHANNELS), dtype="float32", name=IMAGE)
+    x = base(image, training=training)
     x = dense_head(x, [int(spec.extra.get("dense_units", DENSE_UNITS))], spec)
     return keras.Model({IMAGE: image}, binary_output(x), name=name)
+
+
+def _transfer(spec: ModelSpec, name: str) -> keras.Model:
+    _check_backbone(spec, name)
+    base = copy_backbone(spec.backbone)
+    base.trainable = False
+    return _head(base, spec, name, training=False)  # inference mode for its BatchNormalization (see the module docstring)
 
 
 @register("transfer_features", TASK, needs_backbone=True)
@@ -126,6 +137,21 @@ def transfer_features(spec: ModelSpec) -> keras.Model:
 def transfer_finetune(spec: ModelSpec) -> keras.Model:
     """The same model as ``transfer_features``; the train stage fine-tunes its top block in a second phase."""
     return _transfer(spec, "transfer_finetune")
+
+
+@register("transfer_scratch", TASK, needs_backbone=True)
+def transfer_scratch(spec: ModelSpec) -> keras.Model:
+    """The control of transfer learning: the transfer models' architecture, freshly initialised, all of it trained.
+
+    The backbone is cloned without its weights (``keras.models.clone_model``
+    initialises new ones), so it is the same architecture as the pretrained
+    one whatever ``transfer.backbone`` picks; its input scaling layer keeps
+    its fixed statistics, which are not learned.
+    """
+    _check_backbone(spec, "transfer_scratch")
+    clone = keras.models.clone_model(spec.backbone)
+    (inputs,), (outputs,) = clone.inputs, clone.outputs
+    return _head(keras.Model(inputs, outputs, name=BACKBONE), spec, "transfer_scratch", training=None)
 
 
 # --- fine-tuning ---------------------------------------------------------------------------------
