@@ -26,6 +26,7 @@ import pandas as pd
 
 from pipeline import config, files, paths, shards, tracking
 from pipeline.errors import PipelineError
+from pipeline.report import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     run_id = tracking.load_run_id(folder)
     scalars = {f"test_{k}": v for k, v in result.items() if isinstance(v, float) and np.isfinite(v) and k not in trained}
     tracking.log_metrics(run_id, scalars)
+    key, higher, _ = TASKS[task]  # the leaderboard's key metric: a column of the experiment's runs table in the UI
+    tracking.set_runs_view(run_id, f"test_{key}", higher)
     tracking.log_artifact(run_id, paths.metrics(variant), "metrics")
     for png in pngs:
         tracking.log_artifact(run_id, png, "plots")

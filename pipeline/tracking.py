@@ -134,6 +134,108 @@ def log_artifact(run_id: str, path: Path, folder: str) -> None:
         client.log_artifact(run_id, str(path), folder)
 
 
+def signature(example: Mapping[str, Any], output: Any):  # noqa: ANN201 - an mlflow.models.ModelSignature
+    """Named tensor inputs (batch dimension -1; strings as ``object``) and the unnamed output of one example batch."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(array: Any, name: str | None = None) -> TensorSpec:
+        array = np.asarray(array)
+        dtype = np.dtype(object) if array.dtype.kind in "OSU" else array.dtype
+        return TensorSpec(dtype, (-1, *array.shape[1:]), name)
+
+    return ModelSignature(Schema([spec(v, k) for k, v in example.items()]), Schema([spec(output)]))
+
+
+def _pinned(*distributions: str) -> list[str]:
+    """``name==version`` of the first installed of ``distributions`` (tensorflow or tensorflow-cpu)."""
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return [f"{name}=={metadata.version(name)}"]
+        except metadata.PackageNotFoundError:
+            continue
+    return []
+
+
+def log_model(run_id: str, model: Any, example: Mapping[str, Any], output: Any, folder: str = "model") -> str:
+    """Log ``model`` as an MLflow model (keras flavor, signature, input example) in the run's ``folder/``; return its URI.
+
+    ``example`` is one batch of the model's named inputs (what ``train.model_inputs``
+    returns), ``output`` the model's prediction on it. Saved into a temporary
+    folder, uploaded as run artifacts and recorded in the run's
+    ``mlflow.log-model.history`` tag (as MLflow 2's ``log_model`` did): the
+    run page's Artifacts tab then shows the model schema and the input example
+    under ``model``, the runs table's "Models" column the model, and
+    ``runs:/<run>/model`` loads it. Not
+    ``mlflow.keras.log_model``: in MLflow 3.17 it writes the input example
+    before it creates the model folder (FileNotFoundError ``.../input_example.json``),
+    and its LoggedModel would hold a second copy of ``model.keras`` outside
+    the run. Requirements are pinned from the installed packages instead of
+    MLflow's inference (which loads the model again in a subprocess); the
+    serving check is not run: Keras's ``predict`` cannot take NumPy string
+    arrays (the zip codes), the pipeline feeds them through ``tf.data``.
+    """
+    mlflow = _mlflow()
+    import tempfile
+
+    import mlflow.keras
+    from mlflow.models import Model
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
+
+    start = time.perf_counter()
+    client = mlflow.MlflowClient()
+    info = Model(artifact_path=folder, run_id=run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / folder
+        path.mkdir()
+        mlflow.keras.save_model(
+            model, str(path), mlflow_model=info, signature=signature(example, output), input_example=dict(example),
+            pip_requirements=_pinned("keras") + _pinned("tensorflow", "tensorflow-cpu"),
+        )
+        client.log_artifacts(run_id, str(path), folder)
+    client.set_tag(run_id, MLFLOW_LOGGED_MODELS, json.dumps([info.get_tags_dict()]))
+    uri = f"runs:/{run_id}/{folder}"
+    log.info("MLflow model %s logged in %.1f s", uri, time.perf_counter() - start)
+    return uri
+
+
+# The runs table of MLflow 3.17's UI hides every metric column until the user
+# picks it ("Columns"); its state lives in the browser's local storage. A
+# shared view (experiment tag ``mlflow.sharedViewState.<key>``, opened by
+# ``#/experiments/<id>/runs?viewStateShareKey=<key>``) sets it from the URL:
+# each experiment gets one showing its key metric, best run first (`make ui` prints the URLs).
+VIEW_KEY = "key-metric"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def set_runs_view(run_id: str, metric: str, higher_is_better: bool) -> None:
+    """Tag the run's experiment with the shared view showing ``metric`` as a column, sorted best first.
+
+    The columns: the logged model and ``metric`` (the UI's default Source and
+    Dataset columns are empty for these runs and take the width).
+    """
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    column = f"metrics.`{metric}`"
+    columns = ["attributes.`Models`", column]  # columnOrder: the UI applies columnWidths only to the columns it orders
+    view = {"selectedColumns": columns, "columnOrder": columns, "columnWidths": {column: 160},
+            "orderByKey": column, "orderByAsc": not higher_is_better}
+    client.set_experiment_tag(client.get_run(run_id).info.experiment_id, VIEW_TAG, json.dumps(view))
+
+
+def ui_urls(base: str) -> dict[str, str]:
+    """Experiment name -> the URL of its runs table (with the key-metric view where evaluate set one)."""
+    mlflow = _mlflow()
+    out = {}
+    for experiment in mlflow.MlflowClient().search_experiments():
+        url = f"{base.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"
+        out[experiment.name] = url + (f"?viewStateShareKey={VIEW_KEY}" if VIEW_TAG in experiment.tags else "")
+    return out
+
+
 def finish(run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or FAILED)."""
     _mlflow().MlflowClient().set_terminated(run_id, status)
@@ -145,3 +247,10 @@ def save_run_id(folder: Path, run_id: str) -> None:
 
 def load_run_id(folder: Path) -> str:
     return json.loads((folder / RUN_FILE).read_text())["run_id"]
+
+
+if __name__ == "__main__":  # `python -m pipeline.tracking [BASE_URL]`: each experiment's runs-table URL (`make ui` prints them)
+    import sys
+
+    for experiment, url in ui_urls(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000").items():
+        print(f"{experiment}: {url}")

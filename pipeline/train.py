@@ -107,6 +107,16 @@ def make_dataset(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed:
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def mlflow_example(model: Any, names: tuple[str, ...], prepared: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The first validation row as the model's named inputs, and the model's output on it (the MLflow model's signature)."""
+    import keras
+
+    index, images = shards.load_split(prepared, "val")
+    x = model_inputs(names, index.iloc[:1], images[:1])
+    ds = make_dataset(x, np.zeros((1, 1), np.float32), 1, None, as_dict=not isinstance(model, keras.Sequential))
+    return x, model.predict(ds, verbose=0)
+
+
 def optimizer(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
     """The optimizer with its learning-rate schedule (the seed's ``Adam(lr, decay)`` is ``inverse_time``)."""
     import keras
@@ -271,11 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(history_csv, index=False)
     if by_label:
         tracking.log_params(run_id, {f"class_weight.{label}": w for label, w in by_label.items()})
-    artifacts = ((stats_path, "stats"), (out / "class_weight.json", "stats"), (out / "config.json", "config"), (history_csv, "history"), (out / "model.keras", "model"))
+    artifacts = ((stats_path, "stats"), (out / "class_weight.json", "stats"), (out / "config.json", "config"), (history_csv, "history"))
     if variant.augment:
         artifacts += ((paths.POLICY, "augmentation"), (paths.AUGMENTATION / "pets.png", "augmentation"))
     for path, folder in artifacts:
         tracking.log_artifact(run_id, path, folder)
     tracking.log_metrics(run_id, {"train_seconds": seconds, "images_per_s": seen / seconds, "parameters": model.count_params()})
+    # the MLflow model in the run's model/ folder: model.keras with a signature and an input example
+    tracking.log_model(run_id, model, *mlflow_example(model, registry.get(variant.model).inputs, prepared))
     tracking.finish(run_id)
     log.info("%s: %d epochs, %.1f s, %.0f images/s, final %s", variant.name, len(history["loss"]), seconds, seen / seconds, {k: round(v[-1], 4) for k, v in history.items()})

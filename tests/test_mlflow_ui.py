@@ -4,9 +4,10 @@ A module fixture trains two tiny variants (pets and houses) into a sqlite store
 in tmp, starts ``mlflow server`` on it in its own process group (MLflow 3.17
 starts job consumers in child processes: the whole group is killed at teardown)
 and yields the base URL. The REST test needs nothing else; the browser test
-drives Debian's headless Chromium (``/usr/bin/chromium``) through Playwright,
-saves a screenshot to ``reports/mlflow_ui.png`` and skips, saying why, where
-either is missing.
+drives Debian's headless Chromium (``/usr/bin/chromium``) through Playwright:
+each experiment's runs table, opened with the key-metric view `make ui`
+prints, shows the key metric as a column; saves the pets page to
+``reports/mlflow_ui.png`` and skips, saying why, where either is missing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import tracking
 from tests.pipeline_project import REPO, trained_project
 
 pytestmark = pytest.mark.slow
@@ -38,6 +40,8 @@ TINY = {
     "ui_houses_mlp": {"dataset": "houses", "model": "mlp_tabular", "train": {"epochs": 2, "batch_size": 16}},
 }
 DATASET_OF = {name: v["dataset"] for name, v in TINY.items()}
+KEY_METRIC = {"pets": ("test_accuracy", False), "houses": ("test_mape", True)}  # (metric, sorted ascending)
+VIEWPORT = {"width": 1920, "height": 1080}
 START_TIMEOUT_S = 60
 
 
@@ -133,6 +137,8 @@ def test_rest_api_lists_every_variant_with_metrics_params_and_weights(server: st
         params = {p["key"]: p["value"] for p in run["data"].get("params", [])}
         assert params["model"] == TINY[name]["model"]
         assert params["train.epochs"] == str(TINY[name]["train"]["epochs"])
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        assert [m["artifact_path"] for m in json.loads(tags["mlflow.log-model.history"])] == ["model"]
         if dataset == "pets":
             assert 0 <= metrics["test_accuracy"] <= 1
             assert float(params["class_weight.Dog"]) > float(params["class_weight.Cat"]) > 0  # Dog is the rare class
@@ -151,28 +157,71 @@ def _playwright():  # noqa: ANN202 - the sync_playwright factory, or a skip sayi
     return sync_playwright
 
 
-def test_browser_shows_the_pets_runs(server: str, tmp_path: Path) -> None:
+def test_every_experiment_has_its_key_metric_view(server: str) -> None:
+    """evaluate tags each experiment with the shared view `make ui` links to: its key metric as a column, best first."""
+    found = _post(f"{server}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+    tags = {e["name"]: {t["key"]: t["value"] for t in e.get("tags", [])} for e in found}
+    for dataset, (metric, ascending) in KEY_METRIC.items():
+        view = json.loads(tags[dataset][tracking.VIEW_TAG])
+        assert f"metrics.`{metric}`" in view["selectedColumns"]
+        assert view["orderByKey"] == f"metrics.`{metric}`" and view["orderByAsc"] is ascending
+
+
+def _close_assistant(page) -> None:  # noqa: ANN001 - a playwright Page
+    """Close the "MLflow Assistant" side panel MLflow 3.17 opens on a first visit; it takes a third of the width."""
+    close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if close.count():
+        close.first.click()
+        close.first.wait_for(state="hidden")
+
+
+def _runs_table(page, base: str, experiment_id: str, variant: str, metric: str) -> tuple[str, str]:  # noqa: ANN001
+    """Open the experiment's key-metric view, wait for ``variant``'s row and the ``metric`` column; (header, value) text."""
+    page.goto(f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={tracking.VIEW_KEY}", wait_until="domcontentloaded")
+    page.get_by_text(variant).first.wait_for(state="visible", timeout=45_000)
+    _close_assistant(page)
+    column = f"metrics.`{metric}`"
+    header = page.locator(f'.ag-header-cell[col-id="{column}"]')
+    header.wait_for(state="visible")
+    cell = page.locator(f'.ag-row [col-id="{column}"]').first
+    cell.wait_for(state="visible")
+    page.wait_for_timeout(1_000)  # let the table finish rendering (the UI keeps polling: no networkidle)
+    assert header.is_visible() and cell.is_visible()
+    box, view = cell.bounding_box(), page.viewport_size
+    assert box is not None and view is not None and box["x"] + box["width"] <= view["width"]  # on screen, not scrolled away
+    return header.inner_text().strip(), cell.inner_text().strip()
+
+
+def test_browser_shows_the_runs_with_their_key_metric(server: str, tmp_path: Path) -> None:
     sync_playwright = _playwright()
-    pets = _experiment_ids(server)["pets"]
-    url = f"{server}/#/experiments/{pets}/runs"  # the bare experiment URL opens MLflow 3's GenAI overview, not the runs table
+    ids = _experiment_ids(server)
     shot = tmp_path / "mlflow_ui.png"
+    seen: dict[str, tuple[str, str, str]] = {}
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1600, "height": 1000}, timeout=30_000,
+            viewport=VIEWPORT, timeout=30_000,
         )
         try:
             context.set_default_timeout(30_000)
             page = context.new_page()
-            page.goto(url, wait_until="domcontentloaded")
-            page.get_by_text("ui_pets_cnn").first.wait_for(state="visible", timeout=45_000)
-            page.wait_for_timeout(1_500)  # let the table finish rendering (the UI keeps polling: no networkidle)
-            text = page.inner_text("body")
-            page.screenshot(path=str(shot), full_page=True)
+            for variant, dataset in DATASET_OF.items():
+                header, value = _runs_table(page, server, ids[dataset], variant, KEY_METRIC[dataset][0])
+                seen[dataset] = (header, value, page.inner_text("body"))
+                if dataset == "pets":
+                    page.screenshot(path=str(shot), full_page=True)
         finally:
             context.close()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOT)
-    assert "ui_pets_cnn" in text
-    assert "ui_houses_mlp" not in text  # the pets experiment's page, not every run
+    for name, dataset in DATASET_OF.items():
+        header, value, text = seen[dataset]
+        metric = KEY_METRIC[dataset][0]
+        assert header == metric
+        runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [ids[dataset]], "max_results": 100})["runs"]
+        (run,) = [r for r in runs if r["info"]["run_name"] == name]
+        logged = next(m["value"] for m in run["data"]["metrics"] if m["key"] == metric)
+        assert float(value) == pytest.approx(logged, rel=1e-6)
+        assert name in text
+        assert not any(other in text for other, d in DATASET_OF.items() if d != dataset)  # the experiment's page, not every run
     assert shot.stat().st_size > 10_000

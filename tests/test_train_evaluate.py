@@ -97,6 +97,40 @@ def test_mlflow_run_holds_params_history_weights_artifacts(trained: Path) -> Non
     assert {a.path for a in client.list_artifacts(run.info.run_id, "stats")} >= {"stats/pets.json", "stats/class_weight.json"}
 
 
+@pytest.mark.parametrize("variant", list(TINY))  # functional, Sequential, three named inputs (one of strings)
+def test_mlflow_model_has_signature_and_input_example(trained: Path, variant: str) -> None:
+    import keras
+    import mlflow
+    import mlflow.keras
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
+
+    from pipeline.models import registry
+    from pipeline.train import make_dataset
+
+    client, run = _run(trained, variant)
+    assert [m["artifact_path"] for m in json.loads(run.data.tags[MLFLOW_LOGGED_MODELS])] == ["model"]  # the UI's model view
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/MLmodel", "model/input_example.json", "model/data"} <= files
+    uri = f"runs:/{run.info.run_id}/model"
+    model = mlflow.models.Model.load(uri)
+    names = registry.get(TINY[variant]["model"]).inputs
+    inputs = {spec.name: spec for spec in model.signature.inputs.inputs}
+    assert list(inputs) == list(names)
+    example = model.load_input_example(uri)
+    assert set(example) == set(names)
+    for name, array in example.items():
+        assert array.shape[0] == 1 and tuple(array.shape[1:]) == tuple(inputs[name].shape[1:])
+        assert (array.dtype == object) == (inputs[name].type == np.dtype(object))  # the zip codes
+    # the logged model.keras is the trained one: same prediction on the example
+    logged = mlflow.keras.load_model(uri)
+    local = keras.models.load_model(trained / "models" / variant / "model.keras", safe_mode=True)
+    as_dict = not isinstance(local, keras.Sequential)
+    x = {k: example[k].astype(str) if example[k].dtype == object else example[k] for k in names}  # tf.data takes str, not object
+    x = make_dataset(x, np.zeros((1, 1)), 1, None, as_dict=as_dict)
+    np.testing.assert_allclose(logged.predict(x, verbose=0), local.predict(x, verbose=0), rtol=1e-5)
+    assert model.signature.outputs.inputs[0].shape == (-1, 1)
+
+
 def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retraining with the same seed gives the same history (CPU, op determinism)."""
     copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
