@@ -24,9 +24,9 @@ run: setup  ## the whole pipeline on the default (demo) profile
 test: setup  ## the test suite (tests needing ../shared/datasets skip without it)
 	python -m pytest
 
-bench: setup  ## benchmark figures: stage times on the demo profile; data stages on ../shared/datasets
-	python benchmarks/stage_times.py
-	python benchmarks/data_stages.py
+# `make bench [QUICK=1]`: every script in benchmarks/ (each prints its figures), gathered into reports/benchmarks.json
+bench: setup  ## benchmarks into reports/benchmarks.json (needs ../shared/datasets); QUICK=1 skips the ~7-min demo repro
+	python benchmarks/run_all.py $(if $(QUICK),--skip-demo)
 
 # `make results [VARIANTS=a,b]`: every variant (or a subset) on the real datasets at the seed's protocols
 # (results.yaml) in results/workspace; writes reports/results.json and the README's results table.

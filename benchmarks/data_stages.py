@@ -2,7 +2,11 @@
 
 Builds a throw-away copy of the project with ``data.profile: real`` and
 ``data.mirror`` pointing at ``../shared/datasets`` served on 127.0.0.1, runs
-``dvc repro`` once (timed), then measures, side by side in this one run:
+the data stages (``dvc repro stats``: download, validate, prepare, stats of
+both datasets) once (timed), records placeholder outputs for every later
+stage with ``dvc commit`` (training 16 variants on the real data would take
+hours; a no-op repro only stats and compares them), then measures, side by
+side in this one run:
 
 * validate decode throughput on the 10,013 PetImages files with one process
   and with all cores (images/s and the ratio);
@@ -66,6 +70,21 @@ def timed(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+def commit_placeholders(root: Path) -> None:
+    """A placeholder for every missing output (a file, or a folder holding one), recorded with ``dvc commit``."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        outs = [Path(out.fs_path) for stage in repo.index.stages for out in stage.outs]
+    for path in outs:
+        if path.exists():
+            continue
+        target = path if path.suffix else path / "placeholder.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}\n" if target.suffix == ".json" else "placeholder\n")
+    subprocess.run(["dvc", "commit", "--force", "--quiet"], cwd=root, check=True, stdout=subprocess.DEVNULL)
+
+
 def decode_rate(raw: Path, workers: int) -> float:
     from pipeline.config import load
     from pipeline.images import ImageLimits
@@ -91,7 +110,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         root = Path(tmp)
         make_project(root, url)
-        full = timed(["dvc", "repro"], root)
+        data_stages = timed(["dvc", "repro", "stats"], root)
+        commit_placeholders(root)
         raw = root / "data/raw/pets"
         one, many = decode_rate(raw, 1), decode_rate(raw, 0)
         stage = timed([sys.executable, "-m", "pipeline", "validate", "pets"], root)
@@ -105,7 +125,7 @@ def main() -> None:
         "validate_parallel_speedup": round(many / one, 2),
         "validate_pets_stage_s": round(stage, 2),
         "noop_repro_s": round(noop, 3),
-        "real_repro_from_clean_s": round(full, 1),
+        "real_data_stages_from_clean_s": round(data_stages, 1),
     }
     out = REPO / "reports/benchmarks/data_stages.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@ pipeline's worker threads instead of Python.
 
 Order of the ops: flip, crop, one projective transform (rotation, shear, zoom,
 translation), brightness, contrast, saturation, PCA colour, clip to [0, 255].
+Speed (``benchmarks/input_pipeline.py``): the transform is one XLA-compiled
+bilinear warp per batch (the sampling of ImageProjectiveTransformV3, ~6x
+faster on CPU); a flip followed by the transform is folded into its matrix;
+the clip runs only after a colour op (resampling 0-255 pixels stays in range).
 
 Randomness and determinism
 --------------------------
@@ -46,6 +50,7 @@ stages that train, but importing it must not cost a TensorFlow start-up.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -191,12 +196,15 @@ def _apply(policy: Policy, pca: np.ndarray | None, x: tf.Tensor, seeds: tf.Tenso
     import tensorflow as tf
 
     n = tf.shape(x)[0]
-    if policy.flip:
+    # With a projective transform (and no crop in between), the flip is folded into its matrix:
+    # the same sampling points, one resampling pass less.
+    fold_flip = policy.flip and policy.geometric and not policy.cropping
+    if policy.flip and not fold_flip:
         x = _flip(x, seeds[_FLIP])
     if policy.cropping:
         x = _crop(x, policy.crop, seeds)
     if policy.geometric:
-        x = _transform(x, policy, seeds)
+        x = _transform(x, policy, seeds, _flips(n, seeds[_FLIP]) if fold_flip else None)
     if policy.brightness:
         x = x * _factor(n, policy.brightness, seeds[_BRIGHT])[:, None, None, None]
     if policy.contrast:
@@ -209,6 +217,8 @@ def _apply(policy: Policy, pca: np.ndarray | None, x: tf.Tensor, seeds: tf.Tenso
         # AlexNet: add [p1 p2 p3] [a1 l1, a2 l2, a3 l3]^T to every pixel; 0-1 units, so * 255
         shift = tf.linalg.matmul(alpha, tf.constant(pca), transpose_b=True) * 255.0
         x = x + shift[:, None, None, :]
+    if not (policy.color or pca is not None):
+        return x  # flip, crop and the transform only interpolate 0-255 pixels: already in range
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
@@ -223,8 +233,14 @@ def _flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Mirror each image left-right with probability 1/2 (exactly, no resampling)."""
     import tensorflow as tf
 
-    flip = tf.random.stateless_uniform([tf.shape(x)[0]], seed) < 0.5
-    return tf.where(flip[:, None, None, None], tf.image.flip_left_right(x), x)
+    return tf.where(_flips(tf.shape(x)[0], seed)[:, None, None, None], tf.image.flip_left_right(x), x)
+
+
+def _flips(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Which of the ``n`` images are mirrored (bool, probability 1/2 each)."""
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform([n], seed) < 0.5
 
 
 def _crop(x: tf.Tensor, keep: float, seeds: tf.Tensor) -> tf.Tensor:
@@ -238,13 +254,16 @@ def _crop(x: tf.Tensor, keep: float, seeds: tf.Tensor) -> tf.Tensor:
     return tf.image.crop_and_resize(x, boxes, tf.range(n), tf.shape(x)[1:3], method="bilinear")
 
 
-def _transform(x: tf.Tensor, policy: Policy, seeds: tf.Tensor) -> tf.Tensor:
+def _transform(x: tf.Tensor, policy: Policy, seeds: tf.Tensor, flips: tf.Tensor | None = None) -> tf.Tensor:
     """Rotation, shear, zoom and translation as ONE projective transform per image (one resampling).
 
     ImageProjectiveTransformV3 maps each *output* pixel (x, y) to the *input*
     point it samples, as ImageDataGenerator's affine matrix does:
     ``input = c + R S Z (output - c) + t`` with c the image centre, so
     rotation, shear and zoom pivot on the centre rather than the corner.
+    ``flips`` (bool per image) mirrors the input first, folded into the
+    matrix: sampling the mirrored image at p is sampling the image at
+    ``c + D (p - c)``, D = diag(-1, 1), so A becomes D A and t becomes D t.
     """
     import tensorflow as tf
 
@@ -265,20 +284,83 @@ def _transform(x: tf.Tensor, policy: Policy, seeds: tf.Tensor) -> tf.Tensor:
 
     # A = R(angle) @ [[1, shear], [0, 1]] @ diag(zoom_x, zoom_y), written out per image
     cos, sin = tf.cos(angle), tf.sin(angle)
-    a00, a01 = cos * zoom_x, (cos * shear - sin) * zoom_y
+    mirror = ones if flips is None else tf.where(flips, -ones, ones)
+    a00, a01 = mirror * cos * zoom_x, mirror * (cos * shear - sin) * zoom_y
+    shift_x = mirror * shift_x
     a10, a11 = sin * zoom_x, (sin * shear + cos) * zoom_y
     cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
     b0 = cx + shift_x - a00 * cx - a01 * cy
     b1 = cy + shift_y - a10 * cx - a11 * cy
-    matrices = tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x,
-        transforms=matrices,
-        output_shape=tf.shape(x)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode=policy.fill_mode.upper(),
-    )
+    return _compiled_warp(policy.fill_mode)(x, tf.stack([a00, a01, b0, a10, a11, b1], axis=1))
+
+
+@functools.cache
+def _compiled_warp(fill_mode: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """:func:`affine_warp` for ``fill_mode``, compiled with XLA (one function per mode, built once).
+
+    XLA fuses the coordinate maths, the four gathers and the blend into one
+    pass: about 6x faster on CPU than ImageProjectiveTransformV3's kernel, which
+    redoes the coordinate maths for every channel. Deterministic, and usable
+    inside ``Dataset.map`` under op determinism.
+    """
+    import tensorflow as tf
+
+    return tf.function(functools.partial(affine_warp, fill_mode=fill_mode), jit_compile=True)
+
+
+def affine_warp(images: tf.Tensor, matrices: tf.Tensor, fill_mode: str) -> tf.Tensor:
+    """``ImageProjectiveTransformV3`` (bilinear, fill value 0) for affine ``matrices``, in plain TensorFlow ops.
+
+    ``images`` (B, H, W, C) float32; ``matrices`` (B, 6): output pixel (x, y)
+    samples the input at ``(m0 x + m1 y + m2, m3 x + m4 y + m5)``. Out-of-image
+    points are mapped back as the kernel's ``fill_mode`` does (nearest: clamp;
+    reflect; wrap; constant: none), then the four neighbours are blended, a
+    neighbour outside the image reading 0. Equal to the kernel up to float
+    rounding (the tests compare them).
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    rows, cols = tf.meshgrid(tf.range(tf.cast(h, tf.float32)), tf.range(tf.cast(w, tf.float32)), indexing="ij")
+    m = matrices[:, :, tf.newaxis, tf.newaxis]
+    x = _map_coordinate(m[:, 0] * cols + m[:, 1] * rows + m[:, 2], w, fill_mode)
+    y = _map_coordinate(m[:, 3] * cols + m[:, 4] * rows + m[:, 5], h, fill_mode)
+    x0, y0 = tf.floor(x), tf.floor(y)
+    fx, fy = (x - x0)[..., tf.newaxis], (y - y0)[..., tf.newaxis]
+    flat = tf.reshape(images, [-1, shape[3]])
+    first = (tf.range(n) * h * w)[:, tf.newaxis, tf.newaxis]
+
+    def read(yi: tf.Tensor, xi: tf.Tensor) -> tf.Tensor:
+        inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+        pixels = tf.gather(flat, first + tf.clip_by_value(yi, 0, h - 1) * w + tf.clip_by_value(xi, 0, w - 1))
+        return tf.where(inside[..., tf.newaxis], pixels, 0.0)
+
+    xi, yi = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    top = (1.0 - fx) * read(yi, xi) + fx * read(yi, xi + 1)
+    bottom = (1.0 - fx) * read(yi + 1, xi) + fx * read(yi + 1, xi + 1)
+    return (1.0 - fy) * top + fy * bottom
+
+
+def _map_coordinate(c: tf.Tensor, size: tf.Tensor, fill_mode: str) -> tf.Tensor:
+    """TensorFlow's ``MapCoordinate<fill_mode>`` (image_ops.h), vectorised: where an out-of-image point samples."""
+    import tensorflow as tf
+
+    if fill_mode == "constant":
+        return c
+    n = tf.cast(size, tf.float32)
+    if fill_mode == "reflect":  # [abcd] -> [dcba|abcd|dcba]
+        below = c + 2 * n * tf.floor(-c / (2 * n))
+        below = tf.where(below < -n, below + 2 * n, -below - 1)
+        above = c - 2 * n * tf.floor(c / (2 * n))
+        above = tf.where(above >= n, 2 * n - above - 1, above)
+    elif fill_mode == "wrap":  # [abcd] -> [abcd|abcd|abcd]
+        below = c + n * (tf.floor(-c / (n - 1)) + 1)
+        above = c - n * tf.floor(c / (n - 1))
+    else:  # nearest: the clamp below
+        below, above = c, c
+    c = tf.where(c < 0, below, tf.where(c > n - 1, above, c))
+    return tf.where(n <= 1, tf.zeros_like(c), tf.clip_by_value(c, 0.0, n - 1))
 
 
 def _saturate(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:

@@ -149,6 +149,35 @@ def test_rotation_barely_changes_a_centred_disk() -> None:
         np.testing.assert_allclose(centroid(image - 50.0), [16.0, 16.0], atol=0.05)
 
 
+@pytest.mark.parametrize("fill_mode", augmentation.FILL_MODES)
+def test_the_warp_is_tensorflows_projective_transform(fill_mode: str) -> None:
+    """The vectorised warp samples as ImageProjectiveTransformV3 does, far outside the image too."""
+    rng = np.random.default_rng(1)
+    images = textured(6, height=17, width=31)
+    angle, zoom = rng.uniform(-3, 3, 6), rng.uniform(0.3, 3, 6)
+    shifts = rng.uniform(-90, 90, (2, 6))
+    matrices = np.stack([np.cos(angle) * zoom, 0.3 - np.sin(angle) * zoom, shifts[0], np.sin(angle) * zoom, np.cos(angle) * zoom, shifts[1]], 1).astype(np.float32)
+    kernel = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=np.pad(matrices, [(0, 0), (0, 2)]), output_shape=[17, 31], fill_value=0.0, interpolation="BILINEAR", fill_mode=fill_mode.upper()
+    ).numpy()
+    np.testing.assert_array_equal(augmentation.affine_warp(tf.constant(images), tf.constant(matrices), fill_mode).numpy(), kernel)
+    compiled = augmentation._compiled_warp(fill_mode)(tf.constant(images), tf.constant(matrices)).numpy()
+    np.testing.assert_allclose(compiled, kernel, atol=0.05)  # XLA: float rounding only
+
+
+def test_a_folded_flip_mirrors_the_input_of_the_transform() -> None:
+    """flip + transform: the flip folded into the matrix samples what flipping first would."""
+    images = textured(N)
+    both = augmentation.build(SEED_LIKE, None, None, seed=0)(images, seed=[5, 6]).numpy()
+    no_flip = augmentation.build(dataclasses.replace(SEED_LIKE, flip=False), None, None, seed=0)
+    mirrored = no_flip(images[:, :, ::-1], seed=[5, 6]).numpy()
+    plain = no_flip(images, seed=[5, 6]).numpy()
+    as_flipped = [np.allclose(b, m, atol=0.05) for b, m in zip(both, mirrored)]
+    as_plain = [np.allclose(b, p, atol=0.05) for b, p in zip(both, plain)]
+    assert all(f or p for f, p in zip(as_flipped, as_plain))
+    assert any(as_flipped) and any(as_plain)
+
+
 @pytest.mark.parametrize("policy", [Policy(zoom=0.3), Policy(crop=0.6), Policy(shear=0.3, rotation=20.0)])
 def test_resampling_ops_keep_a_non_square_shape(policy: Policy) -> None:
     images = textured(4, height=20, width=36)

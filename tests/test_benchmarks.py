@@ -1,0 +1,49 @@
+"""Tests for the benchmark scripts' bookkeeping (FLOP counting, targets, the summary table): nothing is timed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import run_all  # noqa: E402
+
+
+def test_flops_of_the_seed_cnn_at_150_px_match_a_hand_count() -> None:
+    pytest.importorskip("tensorflow")
+    import mfu
+
+    from pipeline.models import registry
+
+    macs = dict(mfu.layer_macs(registry.build("cnn_functional", registry.ModelSpec(image_size=150))))
+    # same padding: 150 -> 75 -> 37 -> 18 -> 9 after each pooling
+    expected = {"conv1": 150 * 150 * 32 * 3 * 9, "conv2": 75 * 75 * 64 * 32 * 9, "conv3": 37 * 37 * 128 * 64 * 9, "conv4": 18 * 18 * 128 * 128 * 9, "fc": 9 * 9 * 128 * 512, "prediction": 512}
+    assert macs == expected
+    forward, step = mfu.train_flops(list(macs.items()))
+    total = sum(expected.values())
+    assert forward == 2 * total
+    assert step == 6 * total - 2 * expected["conv1"]  # the image needs no gradient
+
+
+def test_targets_and_table_handle_met_missed_and_missing_figures() -> None:
+    figures = {"input_pipeline_speedup_vs_imagedatagenerator": 5.0, "train_throughput_ratio_vs_bare_fit": 0.9, "mfu": None}
+    goals = run_all.targets(figures)
+    assert [goals[k]["met"] for k in figures] == [True, False, None]
+    machine = {"cores": 2, "cpu": "Some CPU"}
+    details = {k: {"status": "ok", "machine": machine} for k in figures}
+    details["mfu"] = {"status": "failed"}
+    lines = run_all.table(figures, goals, details).splitlines()
+    assert lines[0].split()[:3] == ["figure", "value", "target"]
+    assert "yes" in lines[1] and "2 cores, Some CPU" in lines[1]
+    assert " NO " in lines[2]
+    assert lines[3].split()[:4] == ["mfu", "-", ">=", "0.65"] and "failed" in lines[3]
+
+
+def test_every_script_named_by_run_all_exists() -> None:
+    for name in run_all.SCRIPTS:
+        assert (REPO / "benchmarks" / f"{name}.py").is_file()
+    assert set(run_all.TARGETS) <= {figure for keys in run_all.SCRIPTS.values() for figure in keys}
