@@ -43,10 +43,11 @@ def machine() -> dict[str, object]:
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
 
 
-def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
+def serve(folder: Path, port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+    """``folder`` over HTTP on 127.0.0.1:``port`` (0: a free one) in a daemon thread; the server and its URL."""
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 

@@ -20,25 +20,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import data_stages  # noqa: E402 - the loopback server and the machine description the benchmarks use
 WORKSPACE = REPO / "results" / "workspace"
 RESULTS_JSON = REPO / "reports" / "results.json"
 RESULTS_MD = REPO / "reports" / "results.md"
@@ -109,15 +108,11 @@ def select(params: Mapping[str, Any], wanted: str | None) -> list[str]:
 
 
 def serve(folder: Path, port: int) -> ThreadingHTTPServer:
-    """``folder`` over HTTP on 127.0.0.1:``port`` in a daemon thread (a fixed port keeps ``data.mirror`` stable)."""
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    """``folder`` over HTTP on 127.0.0.1:``port`` (a fixed port keeps ``data.mirror``, a download param, stable)."""
     try:
-        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        return data_stages.serve(folder, port)[0]
     except OSError as exc:
         raise ResultsError(f"results.yaml: port {port}: cannot serve the mirror on 127.0.0.1 ({exc.strerror}); pick a free port") from None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def prepare_workspace(root: Path) -> None:
@@ -183,11 +178,6 @@ def houses_entry(by_seed: Mapping[int, Mapping[str, Any]], seeds: tuple[int, ...
         "splits": splits,
         "mape_mean_over_splits": sum(s["mape_mean"] for s in splits) / len(splits),
     }
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
 
 
 def table(results: Mapping[str, Any]) -> str:
@@ -267,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "pets": {**old.get("pets", {}), **new["pets"]},
         "houses": {**old.get("houses", {}), **new["houses"]},
-        "runs": [*old.get("runs", []), {"variants": args.variants or "all", "seconds": round(total, 1), "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()}, "machine": machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}],
+        "runs": [*old.get("runs", []), {"variants": args.variants or "all", "seconds": round(total, 1), "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()}, "machine": data_stages.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}],
     }
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
