@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "pets": {**old.get("pets", {}), **new["pets"]},
         "houses": {**old.get("houses", {}), **new["houses"]},
-        "runs": [*old.get("runs", []), {"variants": args.variants or "all", "seconds": round(total, 1), "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()}, "machine": data_stages.machine(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}],
+        "runs": [*old.get("runs", []), {"variants": args.variants or "all", "seconds": round(total, 1), "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()}, "machine": data_stages.machine(), "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}],
     }
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
