@@ -36,14 +36,15 @@ results: setup  ## real-data results at the seed's protocols (needs ../shared/da
 clean:  ## remove generated outputs (keeps the venv, the download cache and MLflow's store)
 	rm -rf data/raw data/validated data/prepared data/stats models reports
 
-# `make review BASE=<rev>`: runs what is missing (`dvc repro`), then compares the workspace with the
-# git revision BASE (its outputs come from the DVC cache) in reports/review.md; FORMAT=html embeds the plots.
+# `make review BASE=<rev>`: runs what is missing (`dvc repro`), then compares the workspace with the git
+# revision BASE in reports/review.md; FORMAT=html embeds the plots. BASE's outputs come from the DVC cache or,
+# where it lacks them, are rebuilt in a worktree under .dvc/tmp/review/ (the run cache restores what ran here).
 FORMAT ?= md
 .PHONY: review
 review: setup  ## review report against a git revision: make review BASE=main [FORMAT=html]
 	@test -n "$(BASE)" || { echo "usage: make review BASE=<git revision> [FORMAT=md|html]" >&2; exit 2; }
 	dvc repro
-	python -m pipeline report --base $(BASE) --format $(FORMAT) --output reports/review.$(FORMAT)
+	python -m pipeline report --base $(BASE) --rebuild-base --format $(FORMAT) --output reports/review.$(FORMAT)
 
 # `make ui [PORT=5000]`: MLflow's UI on the local store (mlflow.db, mlartifacts/) at http://127.0.0.1:$(PORT);
 # first prints each experiment's runs-table URL, with the view showing its key metric as a column

@@ -79,14 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     review.add_argument("--head", metavar="EXP", help="an experiment name or revision instead of the workspace")
     review.add_argument("--format", choices=("md", "html"), help="md (a PR comment) or html (plots embedded); default: by --output")
     review.add_argument("--output", type=Path, metavar="FILE", help="write there instead of stdout")
+    review.add_argument("--rebuild-base", action="store_true", help="reproduce the base's outputs (in .dvc/tmp/review/) when the DVC cache lacks them")
     args = parser.parse_args(argv)
     if args.base is not None:
         from pipeline import review as review_report
 
-        review_report.run(base=args.base, head=args.head, fmt=args.format, output=args.output)
+        review_report.run(base=args.base, head=args.head, fmt=args.format, output=args.output, rebuild=args.rebuild_base)
         return
-    if args.head or args.format or args.output:
-        parser.error("--head, --format and --output go with --base")
+    if args.head or args.format or args.output or args.rebuild_base:
+        parser.error("--head, --format, --output and --rebuild-base go with --base")
     metrics = collect(paths.METRICS)
     files.write_json(paths.METRICS_SUMMARY, scalars(metrics))
     files.write_text(paths.SUMMARY, leaderboard(metrics))

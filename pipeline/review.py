@@ -15,7 +15,10 @@ the same content with the plots embedded.
 The workspace side is read from the working tree. A revision's generated
 outputs are DVC-tracked, not in git: they are read through DVC
 (:class:`dvc.api.DVCFileSystem` at that revision, resolved from its
-``dvc.lock`` and the local DVC cache), its ``params.yaml`` from git.
+``dvc.lock`` and the local DVC cache), its ``params.yaml`` from git. Where the
+cache lacks them (a fresh clone, CI: outputs hold run ids and timings, so no
+rerun reproduces the committed hashes), ``--rebuild-base`` reproduces them in a
+worktree of that revision, DVC's run cache restoring every stage already run here.
 
 Layout: pure functions (:func:`diff_metrics`, :func:`diff_params`,
 :func:`diff_stats`, :func:`diff_validation`, :func:`compare`,
@@ -31,7 +34,10 @@ import html
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -981,12 +987,52 @@ def _threshold(head: Side, workspace: bool) -> float:
         return config.REVIEW_DEFAULT.threshold
 
 
-def review(root: Path, base: str, head: str | None = None, images: bool = False) -> Review:
-    """Compare revision ``base`` with the workspace of ``root`` (or with ``head``, an experiment or revision)."""
+BUILT = Path(".dvc/tmp/review")  # rebuilt base revisions, one git worktree per commit (git-ignored by DVC)
+
+
+def build_base(root: Path, sha: str, label: str) -> _Workspace:
+    """Revision ``sha``'s outputs reproduced in a git worktree under ``.dvc/tmp/review/`` on this project's DVC cache.
+
+    Outputs hold run ids and timings, so a fresh ``dvc repro`` never matches the
+    hashes a committed ``dvc.lock`` records: on another machine (a fresh clone,
+    CI) the revision's outputs are not in the cache. ``dvc repro`` in the
+    worktree restores from DVC's run cache every stage that already ran here
+    with the same code, params and data (after ``make run`` at that revision:
+    all of them) and runs the others. The worktree is kept for the next review.
+    """
+    folder = root / BUILT / sha
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def call(cmd: list[str], cwd: Path) -> None:
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise ReviewError(f"rebuilding {label} in {folder}: `{' '.join(cmd)}` failed (exit {done.returncode}):\n{tail}")
+
+    if not (folder / ".git").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        call(["git", "worktree", "prune"], root)
+        call(["git", "worktree", "add", "--detach", str(folder), sha], root)
+        call(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], folder)
+    log.info("rebuilding the outputs of %s in %s (dvc repro; the run cache restores what already ran)", label, folder)
+    call(["dvc", "repro"], folder)
+    reader = _Workspace(folder)
+    reader.label = f"{label}, rebuilt"
+    return reader
+
+
+def review(root: Path, base: str, head: str | None = None, images: bool = False, rebuild: bool = False) -> Review:
+    """Compare revision ``base`` with the workspace of ``root`` (or with ``head``, an experiment or revision).
+
+    ``rebuild``: when the DVC cache lacks some of ``base``'s outputs, reproduce
+    them (:func:`build_base`) and compare with those.
+    """
     root = root.resolve()
-    base_reader = _Revision(root, base)
+    base_reader: _Workspace | _Revision = _Revision(root, base)
     head_reader = _Workspace(root) if head is None else _Revision(root, head)
     base_side = load_side(base_reader, images)
+    if rebuild and base_side.missing:
+        base_side = load_side(build_base(root, base_reader.sha, base_reader.label), images)
     head_side = load_side(head_reader, images)
     return compare(base_side, head_side, _threshold(head_side, head is None))
 
@@ -996,14 +1042,14 @@ def missing_at(root: Path, rev: str) -> list[str]:
     return load_side(_Revision(root.resolve(), rev)).missing
 
 
-def run(base: str, head: str | None = None, fmt: str | None = None, output: Path | None = None, root: Path = Path(".")) -> str:
-    """``python -m pipeline report --base REV [--head EXP] [--format md|html] [--output FILE]``.
+def run(base: str, head: str | None = None, fmt: str | None = None, output: Path | None = None, root: Path = Path("."), rebuild: bool = False) -> str:
+    """``python -m pipeline report --base REV [--head EXP] [--format md|html] [--output FILE] [--rebuild-base]``.
 
     The format defaults to the output's suffix (``.html``), else Markdown; without
     ``--output`` the report goes to stdout. Returns the text.
     """
     fmt = fmt or ("html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md")
-    result = review(root, base, head, images=fmt == "html")
+    result = review(root, base, head, images=fmt == "html", rebuild=rebuild)
     text = render_html(result) if fmt == "html" else render_md(result)
     if output is None:
         sys.stdout.write(text)

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--check-base", metavar="REV", help="exit 1 when REV's outputs cannot be read (not in the DVC cache)")
     parser.add_argument("--head", metavar="EXP", help="an experiment or revision instead of the workspace (with --base)")
     parser.add_argument("--output", type=Path, default=Path("reports/review.md"), help="where the Markdown report goes (default: %(default)s)")
+    parser.add_argument("--rebuild-base", action="store_true", help="reproduce the base's outputs when the DVC cache lacks them (with --base)")
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write the HTML report (plots embedded) there")
     parser.add_argument("--dry-run", action="store_true", help="print the comment body; call no API")
     parser.add_argument("--pr", type=int, help="pull request number (default: from GITHUB_EVENT_PATH)")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.body:
             body = args.body.read_text()
         else:
-            result = review.review(root, args.base, args.head, images=args.html is not None)
+            result = review.review(root, args.base, args.head, images=args.html is not None, rebuild=args.rebuild_base)
             body = review.render_md(result)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(body)

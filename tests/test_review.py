@@ -529,6 +529,20 @@ def test_end_to_end_experiment_and_missing_cache(two_commits: tuple[Path, str], 
     assert "Notes</b> (a value that could not be read shows as —)" in md and "not in the local DVC cache?" in md
 
 
+def test_rebuild_base_reproduces_missing_outputs_in_a_worktree(two_commits: tuple[Path, str], tmp_path: Path) -> None:
+    root, _ = two_commits
+    repo = tmp_path / "repo"
+    shutil.copytree(root, repo, symlinks=True)
+    shutil.rmtree(repo / ".dvc" / "cache")  # a fresh clone: the committed hashes are in no cache here
+    assert review.missing_at(repo, "HEAD~1")
+    result = review.review(repo, "HEAD~1", rebuild=True)
+    assert result.base.endswith(", rebuilt") and (repo / review.BUILT).is_dir()
+    assert {v.name: v.params for v in result.variants if v.changed} == {"lenet5": [Change("variants.lenet5.train.learning_rate", 0.001, 0.003)]}
+    assert not result.notes
+    again = review.review(repo, "HEAD~1", rebuild=True)  # the worktree is reused
+    assert [v.name for v in again.variants if v.changed] == ["lenet5"]
+
+
 def test_unknown_revision_is_one_line(two_commits: tuple[Path, str]) -> None:
     root, _ = two_commits
     env = {**os.environ, "PYTHONPATH": str(REPO)}
