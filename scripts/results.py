@@ -157,7 +157,7 @@ def pets_figures(root: Path, name: str) -> dict[str, Any]:
     """Test accuracy, image-passes (epochs x train images, fine-tuning included) and training seconds."""
     metrics = _json(root / "reports" / "metrics" / f"{name}.json")
     summary = _json(root / "models" / name / "train_summary.json")
-    out = {"test_accuracy": metrics["accuracy"], "auc": metrics.get("auc"), "image_passes": summary["images_seen"], "epochs": summary["epochs"], "train_seconds": round(summary["train_seconds"], 1)}
+    out = {"test_accuracy": metrics["accuracy"], "roc_auc": metrics.get("roc_auc"), "image_passes": summary["images_seen"], "epochs": summary["epochs"], "train_seconds": round(summary["train_seconds"], 1)}
     if "knn_accuracy" in metrics:
         out["knn_accuracy"] = metrics["knn_accuracy"]
     return out

@@ -81,6 +81,10 @@ def test_figures_read_the_runs_outputs_and_name_a_missing_file(tmp_path: Path) -
     assert results.houses_figures(tmp_path, "mlp") == {"mape_mean": 20.0, "mape_std": 15.0, "test_houses": 91, "train_seconds": 12.3}
     with pytest.raises(results.ResultsError, match="reports/metrics/cnn.json"):
         results.pets_figures(tmp_path, "cnn")
+    (tmp_path / "models" / "cnn").mkdir()
+    (tmp_path / "reports/metrics/cnn.json").write_text(json.dumps({"accuracy": 0.8, "roc_auc": 0.9}))
+    (tmp_path / "models/cnn/train_summary.json").write_text(json.dumps({"train_seconds": 60.04, "images_seen": 40000, "epochs": 20}))
+    assert results.pets_figures(tmp_path, "cnn") == {"test_accuracy": 0.8, "roc_auc": 0.9, "image_passes": 40000, "epochs": 20, "train_seconds": 60.0}
 
 
 def test_houses_entry_puts_the_seed_split_first_and_averages_every_split() -> None:
