@@ -148,8 +148,9 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     prepared = paths.prepared(dataset)
     meta = shards.meta(prepared)
     index, images = shards.load_split(prepared, "test")
-    model = keras.models.load_model(folder / "model.keras", safe_mode=True)
+    # registry.get first: it imports the model families, whose registered layers (houses' Log, SeedCNN) load_model needs
     names = registry.get(json.loads((folder / "config.json").read_text())["model"]).inputs
+    model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     y = targets(meta, index)
     x = make_dataset(model_inputs(names, index, images), y, 64, None, as_dict=not isinstance(model, keras.Sequential))
     p = model.predict(x, verbose=0).reshape(-1).astype(np.float64)

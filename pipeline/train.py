@@ -49,6 +49,7 @@ def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) ->
             tabular_variance=tuple(cols[c]["std"] ** 2 for c in HOUSE_CONTINUOUS),
             zipcodes=tuple(stats["tabular"]["zipcodes"]),
             target_scale=cols["price"]["max"],  # the seed scales prices by the largest train price
+            target_mean=cols["price"]["mean"],  # where a log-price output starts (houses extra target: log)
         )
     return ModelSpec(**spec)
 

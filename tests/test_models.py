@@ -211,6 +211,56 @@ def test_regression_outputs_are_rescaled_prices(name: str) -> None:
     assert isinstance(unit.layers[-1], keras.layers.Rescaling)
 
 
+# params.yaml's houses recipe (extra keys): log-price output, log columns, no hidden layer, a small added photo unit
+HOUSES_RECIPE = {
+    "mlp_tabular": {"target": "log", "log_tabular": True, "hidden": []},
+    "cnn_montage": {"target": "log", "photo_head": "average", "photo_pool": 4, "photo_filters": [8]},
+    "mixed_inputs": {
+        "target": "log", "log_tabular": True, "hidden": [], "combined": 0,
+        "photo_head": "average", "photo_pool": 4, "photo_filters": [8],
+    },
+}
+
+
+@pytest.mark.parametrize("name", HOUSES)
+def test_houses_recipe_knobs_start_at_the_mean_price_and_reload(name: str, tmp_path: Path) -> None:
+    entry = registry.get(name)
+    spec = make_spec(entry, target_mean=400_000.0, extra=HOUSES_RECIPE[name])
+    model = registry.build(name, spec)
+    names = {layer.name for layer in model.layers}
+    assert "exp" in names and isinstance(model.layers[-1], keras.layers.Rescaling)
+    assert ("log_tabular" in names) == ("tabular" in entry.inputs)
+    assert not any(n.startswith("mlp_dense") for n in names)  # hidden: []
+    start = model.get_layer("tabular_unit" if name == "mixed_inputs" else "regression").get_weights()[1]
+    np.testing.assert_allclose(start, np.log(400_000.0 / spec.target_scale), rtol=1e-6)
+    if name == "mixed_inputs":  # the photo unit starts at zero: the untrained model ignores the photos
+        assert not model.get_layer("photo_unit").get_weights()[0].any()
+    batch = make_batch(entry, spec)
+    out = predict(model, batch)
+    assert (out > 0).all() and np.isfinite(out).all()
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(predict(loaded, batch), out, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        ("mlp_tabular", {"photo_pool": 2}, "extra.photo_pool: unknown key for mlp_tabular"),
+        ("mlp_tabular", {"target": "sqrt"}, "extra.target: 'sqrt' is not one of scaled, log"),
+        ("mlp_tabular", {"hidden": [8, 0]}, "extra.hidden: expected a list of positive integers"),
+        ("mlp_tabular", {"log_tabular": "yes"}, "extra.log_tabular: expected true or false"),
+        ("cnn_montage", {"photo_head": "max"}, "extra.photo_head: 'max' is not one of flatten, average"),
+        ("cnn_montage", {"photo_pool": 8, "photo_filters": [8, 16]}, "image_size must be >= 32, got 16"),
+        ("mixed_inputs", {"combined": -1}, "extra.combined: expected an integer >= 0"),
+    ],
+)
+def test_houses_extra_keys_are_checked(name: str, extra: dict, message: str) -> None:
+    entry = registry.get(name)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        registry.build(name, make_spec(entry, image_size=16, extra=extra))
+
+
 def test_unknown_zipcodes_share_the_out_of_vocabulary_column() -> None:
     entry = registry.get("mlp_tabular")
     spec = make_spec(entry)

@@ -13,12 +13,32 @@ Every model ends with ``Rescaling(spec.target_scale)``, so it outputs prices dir
 channel and hidden unit count; ``spec.batchnorm`` is ignored (the seed CNN has
 BatchNormalization by design, the MLP has no convolutions).
 
+Variant ``extra`` keys (every default is the seed's model; an unknown key is an error):
+
+- ``target`` (all): ``scaled`` (the seed: one linear unit x the largest train price) or
+  ``log``: the unit is the log of the price (``exp`` -> x ``spec.target_scale``, starting at
+  ``spec.target_mean``), so errors are relative, as MAPE measures them, and prices stay positive;
+- ``log_tabular`` (tabular models, false): take the log of bedrooms, bathrooms and area before
+  standardizing (price is closer to a power of the area than to a linear function of it);
+- ``hidden`` (tabular models, ``[8, 4]``): the MLP's hidden ReLU units; ``[]`` feeds the
+  features straight to the output unit (with ``target: log``: a log-linear model);
+- ``combined`` (``mixed_inputs``, 4): the ReLU units after joining the branches; 0: none, each
+  branch has its own output unit and the two are added, the photo unit starting at zero
+  (the photos then correct the tabular prediction instead of sharing a 4-unit bottleneck);
+- ``photo_pool`` (image models, 1): average-pool the standardized montage by this factor first;
+- ``photo_filters`` (image models, ``[16, 32, 64]``): the CNN's conv stages (conv 3x3, BN, pool 2);
+- ``photo_head`` (image models, ``flatten``): the seed's Flatten -> Dense 16 -> BN -> Dropout ->
+  Dense 4, or ``average``: global average pooling -> Dropout (few weights, less memorizing);
+- ``branch_dropout`` (image models, 0.5): the CNN branch's Dropout rate (0 removes the layer).
+
 Feeding strings: ``model(dict)`` accepts NumPy string arrays, but ``model.predict`` /
 ``fit`` need the zip codes as a ``tf.Tensor`` or inside a ``tf.data.Dataset``
 (Keras' NumPy adapter rejects string dtypes: "Invalid dtype: str96").
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 
@@ -30,6 +50,48 @@ TABULAR = "tabular"
 ZIPCODE = "zipcode"
 IMAGE = "image"
 TABULAR_COLUMNS = ("bedrooms", "bathrooms", "area")
+TARGETS = ("scaled", "log")
+PHOTO_HEADS = ("flatten", "average")
+TABULAR_EXTRA = ("target", "log_tabular", "hidden")
+PHOTO_EXTRA = ("target", "photo_pool", "photo_filters", "photo_head", "branch_dropout")
+
+
+def _extra(spec: ModelSpec, allowed: tuple[str, ...], family: str) -> None:
+    """Check that ``spec.extra`` only names keys ``family`` reads (a typo must not be ignored silently)."""
+    unknown = sorted(set(spec.extra) - set(allowed))
+    if unknown:
+        raise ValueError(f"extra.{unknown[0]}: unknown key for {family}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _units_list(value: object, key: str) -> tuple[int, ...]:
+    if not (isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ValueError(f"extra.{key}: expected a list of positive integers, got {value!r}")
+    return tuple(value)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Log(keras.layers.Layer):
+    """Natural log of positive inputs (clipped at ``floor``), for extra ``log_tabular``.
+
+    Registered, so a model holding it reloads with ``safe_mode=True`` once this module is imported
+    (``registry.get`` / ``registry.names`` import it: call one before ``keras.models.load_model``).
+    """
+
+    def __init__(self, floor: float = 1e-3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.floor = float(floor)
+
+    def call(self, x):  # noqa: ANN001, ANN201
+        return keras.ops.log(keras.ops.maximum(x, self.floor))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "floor": self.floor}
+
+
+def log_moments(mean: float, variance: float) -> tuple[float, float]:
+    """Mean and variance of ``log(x)`` for ``x`` of the given mean and variance (log-normal moments)."""
+    spread = math.log1p(variance / max(mean, 1e-6) ** 2)
+    return math.log(max(mean, 1e-6)) - spread / 2, spread
 
 
 def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor]:
@@ -41,9 +103,14 @@ def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], ker
         raise ValueError("the zipcode one-hot needs spec.zipcodes (the train split's zip codes)")
     tabular = keras.Input(shape=(n,), dtype="float32", name=TABULAR)
     zipcode = keras.Input(shape=(1,), dtype="string", name=ZIPCODE)
-    scaled = keras.layers.Normalization(
-        mean=list(spec.tabular_mean), variance=list(spec.tabular_variance), name="normalize_tabular"
-    )(tabular)
+    x, mean, variance = tabular, list(spec.tabular_mean), list(spec.tabular_variance)
+    log_tabular = spec.extra.get("log_tabular", False)
+    if not isinstance(log_tabular, bool):
+        raise ValueError(f"extra.log_tabular: expected true or false, got {log_tabular!r}")
+    if log_tabular:  # standardize log(column) with the log-normal moments of the column
+        x = Log(name="log_tabular")(x)
+        mean, variance = (list(v) for v in zip(*(log_moments(m, v) for m, v in zip(mean, variance))))
+    scaled = keras.layers.Normalization(mean=mean, variance=variance, name="normalize_tabular")(x)
     onehot = keras.layers.StringLookup(
         vocabulary=[str(z) for z in spec.zipcodes], output_mode="one_hot", name="zipcode_onehot"
     )(zipcode)
@@ -52,56 +119,130 @@ def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], ker
 
 
 def mlp_branch(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
-    """The seed's MLP: Dense 8 relu, Dense 4 relu."""
-    x = keras.layers.Dense(units(8, spec.width), activation="relu", name="mlp_dense1")(x)
-    return keras.layers.Dense(units(4, spec.width), activation="relu", name="mlp_dense2")(x)
+    """The seed's MLP: Dense 8 relu, Dense 4 relu (extra ``hidden``: other units; ``[]``: the features unchanged)."""
+    for i, n in enumerate(_units_list(spec.extra.get("hidden", [8, 4]), "hidden"), start=1):
+        x = keras.layers.Dense(units(n, spec.width), activation="relu", name=f"mlp_dense{i}")(x)
+    return x
 
 
 def cnn_branch(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
     """The seed's small CNN: (conv 3x3 relu, BN, 2x2 max-pool) x 16/32/64, Flatten, Dense 16 relu, BN, Dropout, Dense 4 relu.
 
-    Extra: ``branch_dropout`` (0.5, the seed's rate; 0 removes the layer).
+    Extra: ``branch_dropout`` (0.5, the seed's rate; 0 removes the layer), ``photo_pool``,
+    ``photo_filters``, ``photo_head`` (see the module docstring).
     """
-    for i, filters in enumerate((16, 32, 64), start=1):
+    rate = float(spec.extra.get("branch_dropout", 0.5))
+    pool, stages, head = _photo_plan(spec)
+    if pool > 1:
+        x = keras.layers.AveragePooling2D(pool, name="cnn_input_pool")(x)
+    for i, filters in enumerate(stages, start=1):
         x = keras.layers.Conv2D(units(filters, spec.width), 3, padding="same", activation="relu", name=f"cnn_conv{i}")(x)
         x = batch_norm(name=f"cnn_bn{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"cnn_pool{i}")(x)
+    if head == "average":
+        x = keras.layers.GlobalAveragePooling2D(name="cnn_average")(x)
+        return dropout(x, rate, name="cnn_dropout")
     x = keras.layers.Flatten(name="cnn_flatten")(x)
     x = keras.layers.Dense(units(16, spec.width), activation="relu", name="cnn_dense1")(x)
     x = batch_norm(name="cnn_bn_dense")(x)
-    x = dropout(x, float(spec.extra.get("branch_dropout", 0.5)), name="cnn_dropout")
+    x = dropout(x, rate, name="cnn_dropout")
     return keras.layers.Dense(units(4, spec.width), activation="relu", name="cnn_dense2")(x)
 
 
-def _check_image_size(spec: ModelSpec) -> None:
-    if spec.image_size < 8:
-        raise ValueError(f"the montage CNN pools three times: image_size must be >= 8, got {spec.image_size}")
+def _photo_plan(spec: ModelSpec) -> tuple[int, tuple[int, ...], str]:
+    """Extra ``photo_pool``, ``photo_filters``, ``photo_head``, checked (the image must survive the pooling)."""
+    pool = spec.extra.get("photo_pool", 1)
+    if not (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1):
+        raise ValueError(f"extra.photo_pool: expected an integer >= 1, got {pool!r}")
+    filters = _units_list(spec.extra.get("photo_filters", [16, 32, 64]), "photo_filters")
+    head = spec.extra.get("photo_head", "flatten")
+    if head not in PHOTO_HEADS:
+        raise ValueError(f"extra.photo_head: {head!r} is not one of {', '.join(PHOTO_HEADS)}")
+    need = pool * 2 ** len(filters)
+    if spec.image_size < need:
+        raise ValueError(
+            f"the montage CNN pools {len(filters)} times (photo_pool {pool}): image_size must be >= {need}, got {spec.image_size}"
+        )
+    return pool, filters, head
+
+
+def _target(spec: ModelSpec) -> str:
+    target = spec.extra.get("target", "scaled")
+    if target not in TARGETS:
+        raise ValueError(f"extra.target: {target!r} is not one of {', '.join(TARGETS)}")
+    return target
+
+
+def price_head(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+    """The output: the seed's linear unit x ``target_scale`` or, with extra ``target: log``, exp(unit) x ``target_scale``."""
+    if _target(spec) == "scaled":
+        return price_output(x, spec)
+    x = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(_log_start(spec)), name="regression")(x)
+    return _exp_price(x, spec)
+
+
+def _log_start(spec: ModelSpec) -> float:
+    """The log-price unit's starting bias: the model first predicts ``target_mean`` (0 when unknown)."""
+    return math.log(spec.target_mean / spec.target_scale) if spec.target_mean > 0 and spec.target_scale > 0 else 0.0
+
+
+def _exp_price(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+    x = keras.layers.Activation("exponential", name="exp")(x)
+    return keras.layers.Rescaling(spec.target_scale, name="price")(x)
 
 
 @register("mlp_tabular", TASK, inputs=(TABULAR, ZIPCODE))
 def mlp_tabular(spec: ModelSpec) -> keras.Model:
-    """The seed's MLP on the house attributes: standardized columns ++ zip one-hot -> 8 -> 4 -> price."""
+    """The seed's MLP on the house attributes: standardized columns ++ zip one-hot -> 8 -> 4 -> price.
+
+    Extra: ``target``, ``log_tabular``, ``hidden`` (see the module docstring).
+    """
+    _extra(spec, TABULAR_EXTRA, "mlp_tabular")
     inputs, x = tabular_features(spec)
     x = dropout(mlp_branch(x, spec), spec.dropout, name="dropout")
-    return keras.Model(inputs, price_output(x, spec), name="mlp_tabular")
+    return keras.Model(inputs, price_head(x, spec), name="mlp_tabular")
 
 
 @register("cnn_montage", TASK, inputs=(IMAGE,))
 def cnn_montage(spec: ModelSpec) -> keras.Model:
-    """The seed's CNN regression on the 2x2 montage of the four photos -> price."""
-    _check_image_size(spec)
+    """The seed's CNN regression on the 2x2 montage of the four photos -> price.
+
+    Extra: ``target``, ``photo_pool``, ``photo_filters``, ``photo_head``, ``branch_dropout``.
+    """
+    _extra(spec, PHOTO_EXTRA, "cnn_montage")
+    _photo_plan(spec)
     image, x = image_input(spec)
     x = dropout(cnn_branch(x, spec), spec.dropout, name="dropout")
-    return keras.Model({IMAGE: image}, price_output(x, spec), name="cnn_montage")
+    return keras.Model({IMAGE: image}, price_head(x, spec), name="cnn_montage")
 
 
 @register("mixed_inputs", TASK, inputs=(TABULAR, ZIPCODE, IMAGE))
 def mixed_inputs(spec: ModelSpec) -> keras.Model:
-    """The seed's mixed-data model: MLP branch ++ CNN branch -> Dense 4 relu -> price (fed a dict)."""
-    _check_image_size(spec)
+    """The seed's mixed-data model: MLP branch ++ CNN branch -> Dense 4 relu -> price (fed a dict).
+
+    Extra: every key of ``mlp_tabular`` and ``cnn_montage``, and ``combined`` (4; 0: one output
+    unit per branch, added, the photo unit starting at zero; see the module docstring).
+    """
+    _extra(spec, (*TABULAR_EXTRA, *PHOTO_EXTRA, "combined"), "mixed_inputs")
+    _photo_plan(spec)  # check the photo branch before building anything
     inputs, tab = tabular_features(spec)
     image, img = image_input(spec)
-    x = keras.layers.Concatenate(name="branches")([mlp_branch(tab, spec), cnn_branch(img, spec)])
-    x = keras.layers.Dense(units(4, spec.width), activation="relu", name="combined_dense")(x)
-    x = dropout(x, spec.dropout, name="dropout")
-    return keras.Model({**inputs, IMAGE: image}, price_output(x, spec), name="mixed_inputs")
+    tab, img = mlp_branch(tab, spec), cnn_branch(img, spec)
+    combined = spec.extra.get("combined", 4)
+    if not (isinstance(combined, int) and not isinstance(combined, bool) and combined >= 0):
+        raise ValueError(f"extra.combined: expected an integer >= 0, got {combined!r}")
+    if combined:
+        x = keras.layers.Concatenate(name="branches")([tab, img])
+        x = keras.layers.Dense(units(combined, spec.width), activation="relu", name="combined_dense")(x)
+        x = dropout(x, spec.dropout, name="dropout")
+        return keras.Model({**inputs, IMAGE: image}, price_head(x, spec), name="mixed_inputs")
+    # one unit per branch, added: the tabular unit is the model without photos, the photo unit a correction from 0
+    log_target = _target(spec) == "log"
+    tab = keras.layers.Dense(
+        1, bias_initializer=keras.initializers.Constant(_log_start(spec) if log_target else 0.0), name="tabular_unit"
+    )(dropout(tab, spec.dropout, name="dropout"))
+    img = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="photo_unit")(img)
+    x = keras.layers.Add(name="regression")([tab, img])
+    if log_target:
+        return keras.Model({**inputs, IMAGE: image}, _exp_price(x, spec), name="mixed_inputs")
+    return keras.Model({**inputs, IMAGE: image}, keras.layers.Rescaling(spec.target_scale, name="price")(x), name="mixed_inputs")

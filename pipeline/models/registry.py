@@ -35,6 +35,7 @@ class ModelSpec:
     tabular_variance: tuple[float, ...] = ()
     zipcodes: tuple[str, ...] = ()
     target_scale: float = 1.0  # the model's output is multiplied by this (the seed: max train price)
+    target_mean: float = 0.0  # houses: the mean train price, where a log-price output starts (0: unknown, start at target_scale)
     extra: dict = field(default_factory=dict)  # family-specific knobs from params
     # transfer learning: the pretrained keras.Model (image -> features) for entries with needs_backbone;
     # the train stage loads it (pipeline.pretrain.load_backbone), the builder copies it
