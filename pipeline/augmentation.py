@@ -405,3 +405,55 @@ def preview_grid(images: np.ndarray, augment_fn: Augment, per_image: int, path: 
     tmp = path.with_name(f".{path.name}.tmp")  # never leave a half-written PNG behind
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
+
+
+# --- MixUp / CutMix: batch-level, label-mixing augmentation (train params mixup / cutmix) ---------
+
+
+def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, mixup: float = 0.0, cutmix: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with the batch reversed.
+
+    ``mixup`` / ``cutmix`` are the Beta(alpha, alpha) concentrations, 0 = off;
+    with both on, each batch takes one of them (probability 1/2, as in timm).
+    Image ``i`` is mixed with image ``n - 1 - i``: MixUp blends the pixels
+    with a weight ``lam`` per image, CutMix pastes a box of the partner
+    covering about ``1 - lam`` of the area; the labels (``[n, 1]``, 0/1 or
+    soft) are mixed in the same proportion (CutMix: the box's exact area
+    after clipping at the border). Stateless: the result depends only on
+    ``seed`` (a ``[2]`` int tensor) and the inputs.
+    """
+    import tensorflow as tf
+
+    x, y = tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
+    if not (mixup or cutmix):
+        return x, y
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 7)
+    n, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    x_partner, y_partner = tf.reverse(x, [0]), tf.reverse(y, [0])
+
+    def beta(alpha: float, s1: tf.Tensor, s2: tf.Tensor) -> tf.Tensor:
+        a, b = tf.random.stateless_gamma([n], s1, alpha), tf.random.stateless_gamma([n], s2, alpha)
+        return a / tf.maximum(a + b, 1e-12)
+
+    def blend() -> tuple[tf.Tensor, tf.Tensor]:
+        lam = beta(mixup, seeds[0], seeds[1])
+        return lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x_partner, lam
+
+    def paste() -> tuple[tf.Tensor, tf.Tensor]:
+        side = tf.sqrt(1.0 - beta(cutmix, seeds[2], seeds[3]))  # the box's side as a fraction of the image's
+        hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+        cy = tf.random.stateless_uniform([n], seeds[4], 0.0, hf)
+        cx = tf.random.stateless_uniform([n], seeds[5], 0.0, wf)
+        rows, cols = tf.range(hf)[None, :], tf.range(wf)[None, :]
+        in_rows = tf.abs(rows + 0.5 - cy[:, None]) < (side * hf / 2)[:, None]  # [n, h]
+        in_cols = tf.abs(cols + 0.5 - cx[:, None]) < (side * wf / 2)[:, None]  # [n, w]
+        box = tf.logical_and(in_rows[:, :, None], in_cols[:, None, :])[..., None]  # [n, h, w, 1]
+        lam = 1.0 - tf.reduce_mean(tf.cast(box, tf.float32), axis=[1, 2, 3])
+        return tf.where(box, x_partner, x), lam
+
+    if mixup and cutmix:
+        use_mixup = tf.random.stateless_uniform([], seeds[6]) < 0.5
+        mixed, lam = tf.cond(use_mixup, blend, paste)
+    else:
+        mixed, lam = blend() if mixup else paste()
+    return mixed, lam[:, None] * y + (1 - lam[:, None]) * y_partner

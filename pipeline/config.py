@@ -359,7 +359,7 @@ LOSSES: tuple[str, ...] = ("auto", "binary_crossentropy", "mse", "mae", "mape")
 CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "inverse", "none")
 TRAIN_KEYS: tuple[str, ...] = (
     "seed", "epochs", "batch_size", "optimizer", "learning_rate", "schedule", "decay",
-    "weight_decay", "loss", "label_smoothing", "class_weight", "early_stopping",
+    "weight_decay", "loss", "label_smoothing", "class_weight", "early_stopping", "mixup", "cutmix",
 )
 
 
@@ -379,6 +379,8 @@ class TrainConfig:
     label_smoothing: float
     class_weight: str | dict[str, float]  # a CLASS_WEIGHTS name or an explicit weight per class
     early_stopping: int
+    mixup: float  # Beta(alpha, alpha) of MixUp, 0 = off (pipeline.augmentation.mix_batch)
+    cutmix: float  # the same for CutMix
 
 
 def _class_weight(value: Any, where: str) -> str | dict[str, float]:
@@ -404,6 +406,8 @@ def _train(d: Any, where: str) -> TrainConfig:
         label_smoothing=float(_number(d["label_smoothing"], f"{where}.label_smoothing", 0, 0.5)),
         class_weight=_class_weight(d["class_weight"], f"{where}.class_weight"),
         early_stopping=_number(d["early_stopping"], f"{where}.early_stopping", 0, 10000, integer=True),
+        mixup=float(_number(d["mixup"], f"{where}.mixup", 0, 100)),
+        cutmix=float(_number(d["cutmix"], f"{where}.cutmix", 0, 100)),
     )
 
 
@@ -420,9 +424,11 @@ class Variant:
     width: float
     extra: dict[str, Any]
     train: TrainConfig
+    tta: str = "none"  # test-time augmentation built into the model (pipeline.models.tta)
 
 
-VARIANT_KEYS = ("dataset", "model", "augment", "dropout", "batchnorm", "width", "extra", "train")
+VARIANT_KEYS = ("dataset", "model", "augment", "dropout", "batchnorm", "width", "extra", "train", "tta")
+TTA: tuple[str, ...] = ("none", "flip")  # pipeline.models.tta.TTA (kept here: config never imports Keras)
 
 
 def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
@@ -450,6 +456,7 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
             width=float(_number(v.get("width", 1.0), f"{where}.width", 0.05, 8)),
             extra=dict(extra),
             train=_train({**train, **overrides}, f"{where}.train"),
+            tta=_choice(v.get("tta", "none"), f"{where}.tta", TTA),
         )
     return out
 

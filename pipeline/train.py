@@ -41,6 +41,7 @@ def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) ->
         batchnorm=variant.batchnorm,
         width=variant.width,
         extra=dict(variant.extra),
+        tta=variant.tta,
     )
     if "tabular" in stats:
         cols = stats["tabular"]["columns"]
@@ -83,11 +84,13 @@ def class_weight(cfg: TrainConfig, stats: dict[str, Any]) -> dict[int, float] | 
     return {i: float(weights[c]) for i, c in enumerate(stats["classes"])}
 
 
-def make_dataset(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed: int | None, augment: Any = None, as_dict: bool = True):  # noqa: ANN201
+def make_dataset(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed: int | None, augment: Any = None, as_dict: bool = True, mix: tuple[float, float] = (0.0, 0.0)):  # noqa: ANN201
     """A ``tf.data`` pipeline: shuffle (when ``seed`` is given), batch, augment images in parallel, prefetch.
 
-    Also the evaluation and serving input: Keras cannot take NumPy string
-    arrays (the zip codes) in ``predict``, tf.data can.
+    ``mix`` = (mixup, cutmix) alphas: :func:`pipeline.augmentation.mix_batch`
+    after ``augment``, on the images and labels. Also the evaluation and
+    serving input: Keras cannot take NumPy string arrays (the zip codes) in
+    ``predict``, tf.data can.
     """
     import tensorflow as tf
 
@@ -95,13 +98,21 @@ def make_dataset(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed:
     if seed is not None:
         ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if augment is not None:
+    if augment is not None or any(mix):
+        from pipeline.augmentation import mix_batch
+
+        def apply(s, xy):  # noqa: ANN001, ANN202
+            images, labels = xy[0]["image"], xy[1]
+            if augment is not None:
+                images = augment(images, seed=s)
+            if any(mix):
+                images, labels = mix_batch(images, labels, s + 1, *mix)  # its own draws, not the augmentation's
+            return {**xy[0], "image": images}, labels
+
         # One explicit stateless seed per batch, new each epoch: the map stays
         # parallel and the run stays reproducible under op determinism.
         seeds = tf.data.Dataset.random(seed or 0, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(seeds, ds).map(
-            lambda s, xy: ({**xy[0], "image": augment(xy[0]["image"], seed=s)}, xy[1]), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        ds = tf.data.Dataset.zip(seeds, ds).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     if not as_dict:  # keras.Sequential takes its one input as a tensor, not a dict
         (only,) = x
         ds = ds.map(lambda xb, yb: (xb[only], yb))
@@ -174,6 +185,9 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
     if entry.task != meta["task"]:
         raise PipelineError(f"variants.{variant.name}: model {variant.model!r} is for {entry.task}, dataset {variant.dataset!r} is {meta['task']}")
     cfg = variant.train
+    mix = (cfg.mixup, cfg.cutmix)
+    if any(mix) and entry.inputs != ("image",):
+        raise PipelineError(f"variants.{variant.name}.train: mixup / cutmix mix the images and labels of image-only models; {variant.model!r} takes {', '.join(entry.inputs)}")
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     train_idx, train_img = shards.load_split(prepared, "train")
@@ -191,7 +205,7 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
         spec = dataclasses.replace(spec, backbone=load_backbone(transfer or TransferConfig("pretrain", "MobileNetV2", None), meta["image_size"]))
     model = registry.build(variant.model, spec)
     as_dict = not isinstance(model, keras.Sequential)
-    train_ds = make_dataset(model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx), cfg.batch_size, cfg.seed, augment, as_dict)
+    train_ds = make_dataset(model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx), cfg.batch_size, cfg.seed, augment, as_dict, mix)
     val_ds = make_dataset(model_inputs(entry.inputs, val_idx, val_img), targets(meta, val_idx), cfg.batch_size, None, as_dict=as_dict)
     loss, metrics = loss_and_metrics(entry.task, cfg)
     model.compile(optimizer=optimizer(cfg, math.ceil(len(train_idx) / cfg.batch_size)), loss=loss, metrics=metrics)

@@ -309,3 +309,38 @@ def test_preview_grid_writes_a_png_growing_with_rows_and_columns(tmp_path: Path)
 def test_importing_the_module_does_not_import_tensorflow() -> None:
     code = "import sys, pipeline.augmentation; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --- MixUp / CutMix -------------------------------------------------------------------------------
+
+FLAT = np.stack([np.full((SIZE, SIZE, 3), v, np.float32) for v in (0.0, 60.0, 180.0, 255.0)])
+LABELS = np.array([[0.0], [1.0], [0.0], [1.0]], np.float32)  # each image's partner (reversed batch) has the other label
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
+@pytest.mark.parametrize("mode", ["eager", "tf.data"])
+def test_mixing_mixes_labels_in_the_proportion_of_the_pixels(kind: str, mode: str) -> None:
+    alphas = {"mixup": (0.4, 0.0), "cutmix": (0.0, 1.0), "both": (0.4, 1.0)}[kind]
+    if mode == "eager":
+        x, y = (t.numpy() for t in augmentation.mix_batch(FLAT, LABELS, tf.constant([7, 8]), *alphas))
+    else:
+        ds = tf.data.Dataset.from_tensors((FLAT, LABELS)).map(lambda a, b: augmentation.mix_batch(a, b, tf.constant([7, 8]), *alphas))
+        x, y = next(ds.as_numpy_iterator())
+    partner = FLAT[::-1]
+    # the share of the partner in each image, from its pixels (flat images: a blend or a pasted box)
+    share = (x - FLAT).mean(axis=(1, 2, 3)) / (partner - FLAT).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(y.ravel(), (1 - share) * LABELS.ravel() + share * LABELS[::-1].ravel(), atol=1e-5)
+    assert x.shape == FLAT.shape and ((x >= 0) & (x <= 255)).all() and ((y >= 0) & (y <= 1)).all()
+    assert 0 < share.max() and share.min() < 1  # something mixed, not everything replaced
+    if kind == "cutmix":  # pixels are either the image's own or its partner's, never a blend
+        own_or_partner = np.isclose(x, FLAT) | np.isclose(x, partner)
+        assert own_or_partner.all()
+
+
+def test_mixing_is_off_at_zero_and_reproducible_per_seed() -> None:
+    x, y = augmentation.mix_batch(FLAT, LABELS, tf.constant([1, 2]))
+    np.testing.assert_array_equal(x.numpy(), FLAT)
+    np.testing.assert_array_equal(y.numpy(), LABELS)
+    a, b, c = (augmentation.mix_batch(FLAT, LABELS, tf.constant(s), 0.4, 1.0)[1].numpy() for s in ([1, 2], [1, 2], [3, 4]))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

@@ -114,6 +114,7 @@ BAD = [
     ("prepare.pets.split", {"train": 0.7, "val": 0.3}, "prepare.pets.split.test", ["missing key"]),
     ("prepare.houses.split", {"train": 100, "val": 20, "test": 40}, "prepare.houses.split", ["fractions (0.7)"]),
     ("prepare.houses.group_duplicates", "yes", "prepare.houses.group_duplicates", ["expected true or false", "'yes'"]),
+    ("variants.resnet.tta", "rotate", "variants.resnet.tta", ["'rotate'", "none, flip"]),
 ]
 
 

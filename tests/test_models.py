@@ -5,6 +5,7 @@ Models are built tiny (``width=0.25``, 32 px images) so the whole file runs in w
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 from pipeline.models import registry  # noqa: E402
 from pipeline.models.pets import SeedCNN  # noqa: E402
 from pipeline.models.registry import Entry, ModelSpec  # noqa: E402
-from pipeline.models.transfer import conv_backbone  # noqa: E402
+from pipeline.models.transfer import backbone_of, conv_backbone  # noqa: E402
 
 ZIPCODES = ("85255", "92677", "93510")
 UNKNOWN_ZIP = "00000"
@@ -118,6 +119,31 @@ def test_every_variant_builds_runs_and_reloads_safely(name: str, tmp_path: Path)
     loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
     assert input_names(loaded) == set(entry.inputs)
     np.testing.assert_allclose(predict(loaded, batch), out, rtol=1e-5, atol=1e-6 * max(1.0, spec.target_scale))
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_tta_flip_averages_the_image_and_its_mirror_at_inference_only(name: str, tmp_path: Path) -> None:
+    entry = registry.get(name)
+    spec = make_spec(entry)
+    if entry.inputs != ("image",):
+        with pytest.raises(ValueError, match=rf"tta 'flip': model '{name}' takes"):
+            registry.build(name, dataclasses.replace(spec, tta="flip"))
+        return
+    model = registry.build(name, dataclasses.replace(spec, tta="flip"))
+    inner = model.get_layer(name)  # the model tta wraps
+    batch = make_batch(entry, spec)
+    mirrored = {"image": batch["image"][:, :, ::-1]}
+    expected = (predict(inner, batch) + predict(inner, mirrored)) / 2
+    np.testing.assert_allclose(predict(model, batch), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(model, mirrored), predict(model, batch), rtol=1e-5, atol=1e-6)  # mirror-invariant
+    assert tuple(model(batch, training=True).shape) == (4, 1)  # training: one pass over the batch as given
+    for layer in ("flip_stack", "flip_mean"):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer(layer)(batch["image"], training=True)), batch["image"])
+    if entry.needs_backbone:
+        assert backbone_of(model).name == "backbone"  # found inside the wrapper (fine-tuning and kNN need it)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(predict(loaded, batch), predict(model, batch), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("image_size", [32, 96, 160])

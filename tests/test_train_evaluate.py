@@ -153,6 +153,31 @@ def test_model_task_mismatch_names_the_variant(trained: Path, tmp_path: Path, mo
         train.main(["tiny_cnn"])
 
 
+def test_mixup_on_a_multi_input_model_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["variants"]["tiny_mixed"]["train"]["mixup"] = 0.2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PipelineError, match=r"variants\.tiny_mixed\.train: mixup / cutmix .* 'mixed_inputs' takes tabular, zipcode, image"):
+        train.main(["tiny_mixed"])
+
+
+def test_make_dataset_mixes_train_batches_reproducibly() -> None:
+    images = np.stack([np.full((8, 8, 3), v, np.uint8) for v in (0, 255) * 8])
+    labels = np.array([[0.0], [1.0]] * 8, np.float32)
+
+    def epoch(seed: int) -> np.ndarray:
+        return np.concatenate([y for _, y in train.make_dataset({"image": images}, labels, 16, seed, mix=(0.4, 1.0)).as_numpy_iterator()])
+
+    soft = epoch(3)
+    assert ((soft > 0) & (soft < 1)).any() and sorted(np.unique(labels)) == [0.0, 1.0]
+    np.testing.assert_array_equal(epoch(3), soft)
+    y_plain = np.concatenate([y for _, y in train.make_dataset({"image": images}, labels, 16, 3).as_numpy_iterator()])
+    assert set(np.unique(y_plain)) == {0.0, 1.0}  # without mix: the labels as given
+
+
 def test_report_leaderboard(trained: Path) -> None:
     summary = (trained / "reports/summary.md").read_text()
     assert "## pets: binary classification (by accuracy, higher is better)" in summary
@@ -168,7 +193,7 @@ def test_class_weight_choices() -> None:
 
     stats = {"classes": ["Cat", "Dog"], "class_weights": {"balanced": {"Cat": 0.6, "Dog": 2.0}, "inverse": {"Cat": 1.3, "Dog": 4.0}}}
     base = dict(seed=0, epochs=1, batch_size=1, optimizer="adam", learning_rate=0.1, schedule="constant", decay=0.0,
-                weight_decay=0.0, loss="auto", label_smoothing=0.0, early_stopping=0)
+                weight_decay=0.0, loss="auto", label_smoothing=0.0, early_stopping=0, mixup=0.0, cutmix=0.0)
     assert train.class_weight(TrainConfig(**base, class_weight="balanced"), stats) == {0: 0.6, 1: 2.0}
     assert train.class_weight(TrainConfig(**base, class_weight="inverse"), stats) == {0: 1.3, 1: 4.0}
     assert train.class_weight(TrainConfig(**base, class_weight="none"), stats) is None

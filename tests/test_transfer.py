@@ -168,6 +168,28 @@ def test_unfreeze_marks_the_top_block_trainable_except_batchnorm() -> None:
     assert {"block1_conv", "block4_conv"} <= set(everything) and not any("bn" in name for name in everything)
 
 
+def test_batchnorm_stays_frozen_in_fit_until_all_batchnorm_unfreezes_it() -> None:
+    spec = ModelSpec(image_size=32, backbone=transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25))
+    model = transfer.transfer_finetune(spec)
+    bn = transfer.backbone_of(model).get_layer("block1_bn")
+    x, y = {"image": np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")}, np.ones((8, 1), "float32")
+
+    def fit_once() -> np.ndarray:
+        before = keras.ops.convert_to_numpy(bn.moving_mean).copy()
+        model.compile(optimizer="sgd", loss="binary_crossentropy")
+        model.fit(x, y, epochs=1, verbose=0)
+        return before
+
+    before = fit_once()
+    np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(bn.moving_mean))  # frozen: moving statistics kept
+    for which in ("top", "all"):
+        transfer.unfreeze(model, which)
+        np.testing.assert_array_equal(fit_once(), keras.ops.convert_to_numpy(bn.moving_mean))
+    trained = transfer.unfreeze(model, "all_batchnorm")
+    assert {"block1_conv", "block1_bn", "block4_bn"} <= set(trained)
+    assert not np.allclose(fit_once(), keras.ops.convert_to_numpy(bn.moving_mean))  # re-estimated on the new photos
+
+
 def test_history_epochs_continue_across_the_two_phases(project: Path) -> None:
     history = pd.read_csv(project / "reports/train/finetune.csv")
     epochs = VARIANTS["finetune"]["train"]["epochs"] + VARIANTS["finetune"]["extra"]["finetune_epochs"]
@@ -312,7 +334,7 @@ def test_finetune_plan_defaults_and_errors_name_the_key() -> None:
     assert transfer.finetune_plan("transfer_finetune", {}, 0.001, "variants.v.extra") == (2, pytest.approx(0.0001), "top")
     assert transfer.finetune_plan("transfer_features", {}, 0.001, "variants.v.extra") is None
     assert transfer.finetune_plan("resnet", {"finetune_epochs": 3, "unfreeze": "all"}, 0.01, "x")[::2] == (3, "all")
-    with pytest.raises(PipelineError, match=r"variants\.v\.extra\.unfreeze: 'bottom' is not one of top, all"):
+    with pytest.raises(PipelineError, match=r"variants\.v\.extra\.unfreeze: 'bottom' is not one of top, all, all_batchnorm"):
         transfer.finetune_plan("transfer_finetune", {"unfreeze": "bottom"}, 0.001, "variants.v.extra")
     with pytest.raises(PipelineError, match=r"variants\.v\.extra\.finetune_epochs"):
         transfer.finetune_plan("transfer_finetune", {"finetune_epochs": "2"}, 0.001, "variants.v.extra")

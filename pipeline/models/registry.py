@@ -37,6 +37,7 @@ class ModelSpec:
     target_scale: float = 1.0  # the model's output is multiplied by this (the seed: max train price)
     target_mean: float = 0.0  # houses: the mean train price, where a log-price output starts (0: unknown, start at target_scale)
     extra: dict = field(default_factory=dict)  # family-specific knobs from params
+    tta: str = "none"  # test-time augmentation inside the model: none | flip (pipeline.models.tta)
     # transfer learning: the pretrained keras.Model (image -> features) for entries with needs_backbone;
     # the train stage loads it (pipeline.pretrain.load_backbone), the builder copies it
     backbone: Any = None
@@ -83,10 +84,18 @@ def get(name: str) -> Entry:
 
 
 def build(name: str, spec: ModelSpec) -> keras.Model:
-    """Build the uncompiled model ``name`` from ``spec``."""
-    return get(name).build(spec)
+    """Build the uncompiled model ``name`` from ``spec`` (wrapped for ``spec.tta``, see :mod:`pipeline.models.tta`)."""
+    entry = get(name)
+    model = entry.build(spec)
+    if spec.tta == "none":
+        return model
+    if entry.inputs != ("image",):
+        raise ValueError(f"tta {spec.tta!r}: model {name!r} takes {', '.join(entry.inputs)}; test-time flipping needs an image-only model")
+    from pipeline.models.tta import flip_average
+
+    return flip_average(model, spec.image_size)
 
 
 def _load() -> None:
     # Importing the family modules runs their @register decorators.
-    from pipeline.models import houses, pets, transfer  # noqa: F401
+    from pipeline.models import houses, pets, transfer, tta  # noqa: F401

@@ -19,20 +19,27 @@ The builders never read files: the train stage loads the backbone and puts it
 into the spec (:func:`pipeline.pretrain.load_backbone`); the builder copies
 it (fresh layers, same weights), so the spec's model is never changed.
 
-* ``transfer_features``: the backbone frozen (``trainable=False``, called with
-  ``training=False``) + Dense head + sigmoid; the seed's kNN on the deep
+* ``transfer_features``: the backbone frozen (``trainable=False``) + Dense
+  head + sigmoid; the seed's kNN on the deep
   features is reported by ``evaluate`` (variant extra ``knn``: k, 5; 0 = off).
 * ``transfer_finetune``: the same model; after the head is fitted, the train
-  stage calls :func:`unfreeze` (the top block, BatchNormalization kept frozen)
-  and fits ``finetune_epochs`` more with ``finetune_learning_rate``
+  stage calls :func:`unfreeze` (the top block or all of it, BatchNormalization
+  kept frozen; or, ``all_batchnorm``, all of it with its BatchNormalization
+  re-estimated on the new photos) and fits ``finetune_epochs`` more with ``finetune_learning_rate``
   (see :func:`finetune_plan`).
 * ``transfer_scratch``: the control: the same architecture with fresh
   weights, all of it trained (what the pretraining is worth).
 
 Under Keras 3 a Functional model passes the outer ``training`` flag on to
-nested models during ``fit``, so it is ``BatchNormalization.trainable =
-False`` that keeps those layers in inference mode (moving statistics used and
-never updated, gamma/beta fixed); every unfreeze here keeps them so.
+nested models during ``fit``, and ``BatchNormalization.trainable = False``
+keeps a layer in inference mode (moving statistics used and never updated,
+gamma/beta fixed). The backbone is therefore called without a fixed
+``training`` flag: frozen, its BatchNormalization runs in inference mode;
+unfrozen by ``all_batchnorm``, it normalizes with batch statistics and
+updates its moving ones. ``top`` and ``all`` keep it frozen (the Keras
+fine-tuning recipe for a backbone pretrained on much more data). A backbone
+pretrained on another domain with little data (the offline one: 1,820 house
+photos) carries statistics that do not fit the new photos.
 
 Extra: ``dense_units`` (128) of the head's hidden layer (scaled by
 ``spec.width``); ``spec.dropout`` follows it.
@@ -56,7 +63,7 @@ TASK = "binary_classification"
 BACKBONE = "backbone"  # the name of the nested backbone model inside every transfer model
 BACKBONE_FILTERS = (32, 64, 128, 256)  # conv_backbone: one block per entry; scaled by width
 DENSE_UNITS = 128
-UNFREEZE = ("top", "all")
+UNFREEZE = ("top", "all", "all_batchnorm")
 FINETUNE_DEFAULTS = {"transfer_finetune": {"finetune_epochs": 2, "unfreeze": "top"}}  # finetune_learning_rate: train lr / 10
 KNN_DEFAULTS = {"transfer_features": 5, "transfer_finetune": 5}
 _BLOCK = re.compile(r"(.*?block_?\d+[a-z]?)(?:_|$)")
@@ -112,10 +119,10 @@ def _check_backbone(spec: ModelSpec, name: str) -> None:
         raise ValueError(f"{name}: the backbone takes {got} images, the data has {expected}")
 
 
-def _head(base: keras.Model, spec: ModelSpec, name: str, training: bool | None) -> keras.Model:
+def _head(base: keras.Model, spec: ModelSpec, name: str) -> keras.Model:
     """``base`` (image -> features) + Dense(``dense_units`` x width, relu) + [Dropout] + sigmoid."""
     image = keras.Input(shape=(spec.image_size, spec.image_size, CHANNELS), dtype="float32", name=IMAGE)
-    x = base(image, training=training)
+    x = base(image)  # no fixed training flag: see the module docstring
     x = dense_head(x, [int(spec.extra.get("dense_units", DENSE_UNITS))], spec)
     return keras.Model({IMAGE: image}, binary_output(x), name=name)
 
@@ -124,7 +131,7 @@ def _transfer(spec: ModelSpec, name: str) -> keras.Model:
     _check_backbone(spec, name)
     base = copy_backbone(spec.backbone)
     base.trainable = False
-    return _head(base, spec, name, training=False)  # inference mode for its BatchNormalization (see the module docstring)
+    return _head(base, spec, name)
 
 
 @register("transfer_features", TASK, needs_backbone=True)
@@ -151,18 +158,28 @@ def transfer_scratch(spec: ModelSpec) -> keras.Model:
     _check_backbone(spec, "transfer_scratch")
     clone = keras.models.clone_model(spec.backbone)
     (inputs,), (outputs,) = clone.inputs, clone.outputs
-    return _head(keras.Model(inputs, outputs, name=BACKBONE), spec, "transfer_scratch", training=None)
+    return _head(keras.Model(inputs, outputs, name=BACKBONE), spec, "transfer_scratch")
 
 
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
-    """The nested ``"backbone"`` model of a transfer model."""
-    try:
-        return model.get_layer(BACKBONE)
-    except ValueError:
-        raise ValueError(f"model {model.name!r} has no nested {BACKBONE!r} model (not a transfer model)") from None
+    """The nested ``"backbone"`` model of a transfer model (also inside a ``tta`` wrapper)."""
+    found = _find(model, BACKBONE)
+    if found is None:
+        raise ValueError(f"model {model.name!r} has no nested {BACKBONE!r} model (not a transfer model)")
+    return found
+
+
+def _find(model: keras.Model, name: str) -> keras.Model | None:
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if layer.name == name:
+                return layer
+            if (found := _find(layer, name)) is not None:
+                return found
+    return None
 
 
 def leaves(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -189,7 +206,8 @@ def top_block(backbone: keras.Model) -> list[keras.layers.Layer]:
 
 
 def unfreeze(model: keras.Model, which: str = "top") -> list[str]:
-    """Make the backbone's top block (``"top"``) or all of it (``"all"``) trainable; BatchNormalization stays frozen.
+    """Make the backbone's top block (``"top"``) or all of it (``"all"``) trainable, BatchNormalization frozen;
+    or all of it with its BatchNormalization (``"all_batchnorm"``).
 
     Everything else of the backbone is frozen; the head is untouched. Returns
     the names of the backbone layers whose weights now train. Recompile the
@@ -204,7 +222,7 @@ def unfreeze(model: keras.Model, which: str = "top") -> list[str]:
     for layer in leaves(base):
         layer.trainable = (
             id(layer) in chosen
-            and not isinstance(layer, keras.layers.BatchNormalization)
+            and (which == "all_batchnorm" or not isinstance(layer, keras.layers.BatchNormalization))
             and not layer.name.startswith("preprocess")  # fixed input scaling of an application backbone
         )
         if layer.trainable and layer.weights:
@@ -222,7 +240,7 @@ def finetune_plan(model_name: str, extra: Mapping[str, Any], learning_rate: floa
 
     Keys: ``finetune_epochs`` (``transfer_finetune``: 2; others: 0 = no second
     phase), ``finetune_learning_rate`` (the train learning rate / 10),
-    ``unfreeze`` (``top``, or ``all``). ``where`` is the extra's dotted key for messages.
+    ``unfreeze`` (``top``, ``all`` or ``all_batchnorm``). ``where`` is the extra's dotted key for messages.
     """
     defaults = FINETUNE_DEFAULTS.get(model_name, {})
     epochs = extra.get("finetune_epochs", defaults.get("finetune_epochs", 0))
