@@ -424,11 +424,12 @@ class Variant:
     width: float
     extra: dict[str, Any]
     train: TrainConfig
-    tta: str = "none"  # test-time augmentation built into the model (pipeline.models.tta)
+    tta: str = "none"  # test-time flipping built into the model (pipeline.models.wrap)
+    image_size: int = 0  # the model's own resolution, resized from the prepared images inside the model; 0 = theirs
 
 
-VARIANT_KEYS = ("dataset", "model", "augment", "dropout", "batchnorm", "width", "extra", "train", "tta")
-TTA: tuple[str, ...] = ("none", "flip")  # pipeline.models.tta.TTA (kept here: config never imports Keras)
+VARIANT_KEYS = ("dataset", "model", "augment", "dropout", "batchnorm", "width", "extra", "train", "tta", "image_size")
+TTA: tuple[str, ...] = ("none", "flip")
 
 
 def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
@@ -457,6 +458,7 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
             extra=dict(extra),
             train=_train({**train, **overrides}, f"{where}.train"),
             tta=_choice(v.get("tta", "none"), f"{where}.tta", TTA),
+            image_size=_number(v.get("image_size", 0), f"{where}.image_size", 0, 4096, integer=True),
         )
     return out
 
@@ -471,12 +473,12 @@ APPLICATIONS: tuple[str, ...] = (
     "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
     "ResNet50", "ResNet50V2", "VGG16", "VGG19", "Xception", "DenseNet121", "ConvNeXtTiny",
 )
-PRETRAIN_KEYS: tuple[str, ...] = ("seed", "epochs", "batch_size", "learning_rate", "width", "val_fraction")
+PRETRAIN_KEYS: tuple[str, ...] = ("seed", "epochs", "batch_size", "learning_rate", "width", "val_fraction", "image_size")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """The offline source task: room types of the house photos (image size: ``prepare.pets.image_size``)."""
+    """The offline source task: room types of the house photos, at ``image_size`` (0: ``prepare.pets.image_size``)."""
 
     seed: int
     epochs: int
@@ -484,6 +486,7 @@ class PretrainConfig:
     learning_rate: float
     width: float
     val_fraction: float  # of the houses, held out with all their photos
+    image_size: int  # 0 = prepare.pets.image_size; else the transfer variants' image_size
 
 
 @dataclass(frozen=True)
@@ -504,6 +507,7 @@ def _pretrain(d: Any) -> PretrainConfig:
         learning_rate=float(_number(d["learning_rate"], "pretrain.learning_rate", 1e-8, 10)),
         width=float(_number(d["width"], "pretrain.width", 0.05, 8)),
         val_fraction=float(_number(d["val_fraction"], "pretrain.val_fraction", 0.01, 0.5)),
+        image_size=_number(d["image_size"], "pretrain.image_size", 0, 4096, integer=True),
     )
 
 

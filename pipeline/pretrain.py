@@ -3,9 +3,10 @@
 Source task: room-type classification (bathroom, bedroom, frontal, kitchen)
 of every photo the validate stage accepted in
 ``data/validated/houses/manifest.parquet`` (label = the room, path relative
-to ``data/raw/houses``), decoded with :func:`pipeline.images.load` at the pets
-image size (``prepare.pets.image_size``), so the backbone fits the pets
-models unchanged. The photos are split by house (``pretrain.val_fraction`` of
+to ``data/raw/houses``), decoded with :func:`pipeline.images.load` at
+``pretrain.image_size``, by default the pets image size
+(``prepare.pets.image_size``), so the backbone fits the pets models unchanged
+(transfer variants working at a smaller ``image_size`` need the same here). The photos are split by house (``pretrain.val_fraction`` of
 the houses, seeded; houses that share a photo stay together), so the val
 accuracy is measured on houses the backbone never saw.
 
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline pretrain", description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
     params = config.load()
-    cfg, size = params.pretrain, params.prepare.pets.image_size
+    cfg = params.pretrain
+    size = cfg.image_size or params.prepare.pets.image_size
     manifest_path = paths.validated("houses") / "manifest.parquet"
     if not manifest_path.exists():
         raise PipelineError(f"{manifest_path}: not found; run the validate stage for houses first")
@@ -230,7 +232,7 @@ def load_backbone(cfg: TransferConfig, image_size: int, folder: Path = paths.PRE
         backbone = keras.models.load_model(path, safe_mode=True)
         got = tuple(backbone.inputs[0].shape[1:3])
         if got != (image_size, image_size):
-            raise PipelineError(f"transfer.backbone: {path} was pretrained on {got[0]} px images, the data has {image_size} px; rerun the pretrain stage")
+            raise PipelineError(f"transfer.backbone: {path} was pretrained on {got[0]} px images, the model works at {image_size} px; set pretrain.image_size to the variant's image_size and rerun the pretrain stage")
         return backbone
     weights = cfg.weights
     if weights is not None and not Path(weights).is_file():

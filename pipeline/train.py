@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) -> ModelSpec:
     """The builder's input: sizes and knobs from params, fitted statistics from the stats artifact."""
     image = stats["image"]
+    prepared = meta["image_size"]
+    size = variant.image_size or prepared
+    if not 8 <= size <= prepared:
+        raise PipelineError(f"variants.{variant.name}.image_size: {size} px; the model resizes the prepared {prepared} px images down, to at least 8 px (0 = {prepared})")
     spec: dict[str, Any] = dict(
-        image_size=meta["image_size"],
+        image_size=size,
+        input_size=prepared,
         image_mean=tuple(image["mean"]),
         image_variance=tuple(image["variance"]),
         dropout=variant.dropout,
@@ -202,7 +207,7 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
     if entry.needs_backbone:  # --- transfer learning: the pretrained backbone goes into the spec
         from pipeline.pretrain import load_backbone
 
-        spec = dataclasses.replace(spec, backbone=load_backbone(transfer or TransferConfig("pretrain", "MobileNetV2", None), meta["image_size"]))
+        spec = dataclasses.replace(spec, backbone=load_backbone(transfer or TransferConfig("pretrain", "MobileNetV2", None), spec.image_size))
     model = registry.build(variant.model, spec)
     as_dict = not isinstance(model, keras.Sequential)
     train_ds = make_dataset(model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx), cfg.batch_size, cfg.seed, augment, as_dict, mix)

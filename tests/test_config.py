@@ -115,6 +115,7 @@ BAD = [
     ("prepare.houses.split", {"train": 100, "val": 20, "test": 40}, "prepare.houses.split", ["fractions (0.7)"]),
     ("prepare.houses.group_duplicates", "yes", "prepare.houses.group_duplicates", ["expected true or false", "'yes'"]),
     ("variants.resnet.tta", "rotate", "variants.resnet.tta", ["'rotate'", "none, flip"]),
+    ("variants.resnet.image_size", 96.5, "variants.resnet.image_size", ["expected an integer"]),
 ]
 
 

@@ -126,7 +126,7 @@ def test_tta_flip_averages_the_image_and_its_mirror_at_inference_only(name: str,
     entry = registry.get(name)
     spec = make_spec(entry)
     if entry.inputs != ("image",):
-        with pytest.raises(ValueError, match=rf"tta 'flip': model '{name}' takes"):
+        with pytest.raises(ValueError, match=rf"model '{name}' takes .*: image_size and tta 'flip' need an image-only model"):
             registry.build(name, dataclasses.replace(spec, tta="flip"))
         return
     model = registry.build(name, dataclasses.replace(spec, tta="flip"))
@@ -144,6 +144,21 @@ def test_tta_flip_averages_the_image_and_its_mirror_at_inference_only(name: str,
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_allclose(predict(loaded, batch), predict(model, batch), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in registry.names() if registry.get(n).inputs == ("image",)])
+def test_a_model_at_its_own_size_resizes_the_prepared_images(name: str, tmp_path: Path) -> None:
+    entry = registry.get(name)
+    spec = dataclasses.replace(make_spec(entry), input_size=48)  # prepared at 48 px, the model works at 32
+    model = registry.build(name, spec)
+    assert tuple(model.inputs[0].shape[1:]) == (48, 48, 3)
+    inner = model.get_layer(name)
+    batch = make_batch(entry, dataclasses.replace(spec, image_size=48))
+    small = {"image": keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32, antialias=True)(batch["image"]))}
+    np.testing.assert_allclose(predict(model, batch), predict(inner, small), rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(predict(keras.models.load_model(tmp_path / "m.keras", safe_mode=True), batch), predict(model, batch), rtol=1e-5, atol=1e-6)
+    assert registry.build(name, dataclasses.replace(spec, input_size=32)).get_layer(index=1).name != "resize"  # same size: no wrapper
 
 
 @pytest.mark.parametrize("image_size", [32, 96, 160])

@@ -7,6 +7,7 @@ what landed in the MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import train
+from pipeline import config, train
 from pipeline.errors import PipelineError
 from tests.pipeline_project import copy_project, trained_project
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 TINY = {
     "tiny_cnn": {"dataset": "pets", "model": "cnn_functional", "augment": True, "width": 0.25, "train": {"epochs": 2, "batch_size": 32}},
@@ -162,6 +165,15 @@ def test_mixup_on_a_multi_input_model_names_the_variant(trained: Path, tmp_path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(PipelineError, match=r"variants\.tiny_mixed\.train: mixup / cutmix .* 'mixed_inputs' takes tabular, zipcode, image"):
         train.main(["tiny_mixed"])
+
+
+def test_a_variant_image_size_above_the_prepared_size_names_the_key() -> None:
+    variant = config.load(REPO_PARAMS).variants["resnet"]
+    stats = {"image": {"mean": [120.0] * 3, "variance": [3600.0] * 3}}
+    spec = train.model_spec(dataclasses.replace(variant, image_size=64), {"image_size": 96}, stats)
+    assert (spec.image_size, spec.input_size) == (64, 96)
+    with pytest.raises(PipelineError, match=r"variants\.resnet\.image_size: 128 px; the model resizes the prepared 96 px images down"):
+        train.model_spec(dataclasses.replace(variant, image_size=128), {"image_size": 96}, stats)
 
 
 def test_make_dataset_mixes_train_batches_reproducibly() -> None:

@@ -29,7 +29,7 @@ from pipeline.models.registry import ModelSpec  # noqa: E402
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
-PRETRAIN = {"seed": 3, "epochs": 2, "batch_size": 32, "learning_rate": 0.003, "width": 0.25, "val_fraction": 0.15}
+PRETRAIN = {"seed": 3, "epochs": 2, "batch_size": 32, "learning_rate": 0.003, "width": 0.25, "val_fraction": 0.15, "image_size": 0}
 VARIANTS = {
     "features": {"dataset": "pets", "model": "transfer_features", "dropout": 0.2, "width": 0.25, "train": {"epochs": 2}, "extra": {"knn": 3}},
     "finetune": {
@@ -281,7 +281,7 @@ def test_pretrain_backbone_missing_or_of_another_size(project: Path, tmp_path: P
     cfg = TransferConfig("pretrain", "MobileNetV2", None)
     with pytest.raises(PipelineError, match=r"backbone\.keras: not found; run the pretrain stage first"):
         pretrain.load_backbone(cfg, 96, folder=tmp_path)
-    with pytest.raises(PipelineError, match=r"^transfer\.backbone: .* pretrained on 96 px images, the data has 64 px"):
+    with pytest.raises(PipelineError, match=r"^transfer\.backbone: .* pretrained on 96 px images, the model works at 64 px; set pretrain.image_size"):
         pretrain.load_backbone(cfg, 64, folder=project / "models/pretrain")
 
 
@@ -304,7 +304,8 @@ def _params_with(section: str, **changes: object) -> dict:
         ("transfer", {"url": "x"}, "transfer.url: unknown key"),
         ("pretrain", {"epochs": 0}, "pretrain.epochs: 0 is outside [1, 10000]"),
         ("pretrain", {"val_fraction": 0.9}, "pretrain.val_fraction: 0.9 is outside"),
-        ("pretrain", {"image_size": 64}, "pretrain.image_size: unknown key"),
+        ("pretrain", {"image_size": -1}, "pretrain.image_size: -1 is outside [0, 4096]"),
+        ("pretrain", {"size": 64}, "pretrain.size: unknown key"),
     ],
 )
 def test_bad_transfer_params_name_the_key(section: str, changes: dict, message: str) -> None:

@@ -37,7 +37,8 @@ class ModelSpec:
     target_scale: float = 1.0  # the model's output is multiplied by this (the seed: max train price)
     target_mean: float = 0.0  # houses: the mean train price, where a log-price output starts (0: unknown, start at target_scale)
     extra: dict = field(default_factory=dict)  # family-specific knobs from params
-    tta: str = "none"  # test-time augmentation inside the model: none | flip (pipeline.models.tta)
+    tta: str = "none"  # test-time augmentation inside the model: none | flip (pipeline.models.wrap)
+    input_size: int = 0  # the prepared images' size when the model works at a smaller image_size (0: the same)
     # transfer learning: the pretrained keras.Model (image -> features) for entries with needs_backbone;
     # the train stage loads it (pipeline.pretrain.load_backbone), the builder copies it
     backbone: Any = None
@@ -84,18 +85,18 @@ def get(name: str) -> Entry:
 
 
 def build(name: str, spec: ModelSpec) -> keras.Model:
-    """Build the uncompiled model ``name`` from ``spec`` (wrapped for ``spec.tta``, see :mod:`pipeline.models.tta`)."""
+    """Build the uncompiled model ``name`` from ``spec`` (wrapped for ``spec.input_size`` / ``spec.tta``: :mod:`pipeline.models.wrap`)."""
+    from pipeline.models import wrap
+
     entry = get(name)
     model = entry.build(spec)
-    if spec.tta == "none":
+    if not wrap.needed(spec):
         return model
     if entry.inputs != ("image",):
-        raise ValueError(f"tta {spec.tta!r}: model {name!r} takes {', '.join(entry.inputs)}; test-time flipping needs an image-only model")
-    from pipeline.models.tta import flip_average
-
-    return flip_average(model, spec.image_size)
+        raise ValueError(f"model {name!r} takes {', '.join(entry.inputs)}: image_size and tta {spec.tta!r} need an image-only model")
+    return wrap.image_model(model, spec)
 
 
 def _load() -> None:
     # Importing the family modules runs their @register decorators.
-    from pipeline.models import houses, pets, transfer, tta  # noqa: F401
+    from pipeline.models import houses, pets, transfer, wrap  # noqa: F401
