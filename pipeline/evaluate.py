@@ -135,6 +135,17 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def backbone_images(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """``images`` as the model's nested backbone sees them: through its ``resize`` layer when the model works at
+    its own ``image_size`` (:mod:`pipeline.models.wrap`), else as they are."""
+    try:
+        resize = model.get_layer("resize")
+    except ValueError:
+        return images
+    chunks = [resize(images[i : i + batch_size].astype(np.float32)) for i in range(0, len(images), batch_size)]
+    return np.concatenate([np.asarray(c) for c in chunks])
+
+
 def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     """Evaluate ``models/<variant>/model.keras`` on the test split; write metrics and plots; return the metrics."""
     import keras
@@ -166,7 +177,8 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
         k = transfer.knn_k(trained_config["model"], trained_config.get("extra", {}), f"variants.{variant}.extra")
         if k:
             train_index, train_images = shards.load_split(prepared, "train")
-            result.update(knn_accuracy=transfer.knn_accuracy(model, k, (train_images, targets(meta, train_index)), (images, y)), knn_k=k)
+            train_set = (backbone_images(model, train_images), targets(meta, train_index))
+            result.update(knn_accuracy=transfer.knn_accuracy(model, k, train_set, (backbone_images(model, images), y)), knn_k=k)
     tables = plot_data(task, y, p, index, meta.get("classes"))
     tables["history"] = pd.read_csv(paths.history(variant))  # beside the other plot data, for dvc.yaml
     for kind, table in tables.items():

@@ -24,7 +24,7 @@ from tests.pipeline_project import trained_project
 
 keras = pytest.importorskip("keras")
 
-from pipeline.models import transfer  # noqa: E402
+from pipeline.models import registry, transfer  # noqa: E402
 from pipeline.models.registry import ModelSpec  # noqa: E402
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -363,3 +363,18 @@ def test_transfer_builder_without_a_backbone_says_what_it_needs() -> None:
     with pytest.raises(ValueError, match=r"backbone takes \(16, 16, 3\) images"):
         transfer.transfer_features(spec)
     assert dataclasses.replace(spec, image_size=16).backbone is spec.backbone
+
+
+def test_knn_of_a_model_working_below_the_prepared_size_sees_resized_images() -> None:
+    from pipeline.evaluate import backbone_images
+
+    spec = ModelSpec(image_size=32, input_size=48, backbone=transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25))
+    model = registry.build("transfer_features", spec)
+    images = np.random.default_rng(0).uniform(0, 255, (6, 48, 48, 3)).astype("float32")
+    seen = backbone_images(model, images, batch_size=4)  # two chunks
+    assert seen.shape == (6, 32, 32, 3)
+    np.testing.assert_allclose(seen, keras.ops.convert_to_numpy(model.get_layer("resize")(images)), rtol=1e-6, atol=1e-4)
+    labels = np.array([0, 1] * 3)
+    assert transfer.knn_accuracy(model, 1, (seen, labels), (seen, labels)) == 1.0  # its own neighbour
+    plain = transfer.transfer_features(ModelSpec(image_size=32, backbone=spec.backbone))
+    assert backbone_images(plain, seen) is seen  # no resize layer: the images as they are
