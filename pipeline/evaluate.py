@@ -135,17 +135,6 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def backbone_images(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """``images`` as the model's nested backbone sees them: through its ``resize`` layer when the model works at
-    its own ``image_size`` (:mod:`pipeline.models.wrap`), else as they are."""
-    try:
-        resize = model.get_layer("resize")
-    except ValueError:
-        return images
-    chunks = [resize(images[i : i + batch_size].astype(np.float32)) for i in range(0, len(images), batch_size)]
-    return np.concatenate([np.asarray(c) for c in chunks])
-
-
 def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     """Evaluate ``models/<variant>/model.keras`` on the test split; write metrics and plots; return the metrics."""
     import keras
@@ -160,7 +149,8 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     meta = shards.meta(prepared)
     index, images = shards.load_split(prepared, "test")
     # registry.get first: it imports the model families, whose registered layers (houses' Log, SeedCNN) load_model needs
-    names = registry.get(json.loads((folder / "config.json").read_text())["model"]).inputs
+    trained_config = json.loads((folder / "config.json").read_text())
+    names = registry.get(trained_config["model"]).inputs
     model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     y = targets(meta, index)
     x = make_dataset(model_inputs(names, index, images), y, 64, None, as_dict=not isinstance(model, keras.Sequential))
@@ -170,15 +160,13 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     result = classification_metrics(y, p, meta["classes"]) if task == "binary_classification" else regression_metrics(y, p)
     trained = json.loads((folder / "train_summary.json").read_text())
     result.update(variant=variant, dataset=dataset, task=task, parameters=int(model.count_params()), **trained)
-    trained_config = json.loads((folder / "config.json").read_text())
     if registry.get(trained_config["model"]).needs_backbone:  # --- transfer learning: the seed's kNN on the deep features
         from pipeline.models import transfer
 
         k = transfer.knn_k(trained_config["model"], trained_config.get("extra", {}), f"variants.{variant}.extra")
         if k:
             train_index, train_images = shards.load_split(prepared, "train")
-            train_set = (backbone_images(model, train_images), targets(meta, train_index))
-            result.update(knn_accuracy=transfer.knn_accuracy(model, k, train_set, (backbone_images(model, images), y)), knn_k=k)
+            result.update(knn_accuracy=transfer.knn_accuracy(model, k, (train_images, targets(meta, train_index)), (images, y)), knn_k=k)
     tables = plot_data(task, y, p, index, meta.get("classes"))
     tables["history"] = pd.read_csv(paths.history(variant))  # beside the other plot data, for dvc.yaml
     for kind, table in tables.items():

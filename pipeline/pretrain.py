@@ -6,8 +6,8 @@ of every photo the validate stage accepted in
 to ``data/raw/houses``), decoded with :func:`pipeline.images.load` at
 ``pretrain.image_size``, by default the pets image size
 (``prepare.pets.image_size``), so the backbone fits the pets models unchanged
-(transfer variants working at a smaller ``image_size`` need the same here). The photos are split by house (``pretrain.val_fraction`` of
-the houses, seeded; houses that share a photo stay together), so the val
+(transfer variants working at a smaller ``image_size`` need the same here).
+The photos are split by house (``pretrain.val_fraction`` of the houses, seeded; houses that share a photo stay together), so the val
 accuracy is measured on houses the backbone never saw.
 
 Writes ``models/pretrain/``: ``backbone.keras`` (image, 0-255 pixels ->

@@ -3,7 +3,7 @@
 
 Called by ``.github/workflows/review.yml`` after ``make run``, from the project root::
 
-    python scripts/pr_comment.py --base "$BASE_SHA" --output reports/review.md --html reports/review.html
+    python scripts/pr_comment.py --base "$BASE_SHA" --rebuild-base --output reports/review.md --html reports/review.html
 
 It writes the report (what ``python -m pipeline report --base REV`` writes),
 then looks for the comment of the workflow's bot that carries the hidden marker
@@ -14,8 +14,8 @@ goes to ``GITHUB_STEP_SUMMARY`` when that is set.
 
   --dry-run         print the comment body and call nothing (what the tests run)
   --body FILE       post an existing Markdown report instead of writing one
-  --check-base REV  exit 1 (listing what is missing) when REV's outputs cannot be
-                    read here, e.g. absent from the DVC cache; the workflow then builds them
+  --rebuild-base    reproduce the base's outputs where the DVC cache lacks them
+                    (``pipeline.review.build_base``)
 """
 
 from __future__ import annotations
@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--base", metavar="REV", help="write the report against this git revision")
     source.add_argument("--body", type=Path, metavar="FILE", help="post this Markdown file as it is")
-    source.add_argument("--check-base", metavar="REV", help="exit 1 when REV's outputs cannot be read (not in the DVC cache)")
     parser.add_argument("--head", metavar="EXP", help="an experiment or revision instead of the workspace (with --base)")
     parser.add_argument("--output", type=Path, default=Path("reports/review.md"), help="where the Markdown report goes (default: %(default)s)")
     parser.add_argument("--rebuild-base", action="store_true", help="reproduce the base's outputs when the DVC cache lacks them (with --base)")
@@ -134,11 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     root = Path.cwd()
 
     try:
-        if args.check_base:
-            missing = review.missing_at(root, args.check_base)
-            for line in missing:
-                print(f"missing at {args.check_base}: {line.replace('`', '')}", file=sys.stderr)
-            return 1 if missing else 0
         if args.body:
             body = args.body.read_text()
         else:

@@ -366,15 +366,14 @@ def test_transfer_builder_without_a_backbone_says_what_it_needs() -> None:
 
 
 def test_knn_of_a_model_working_below_the_prepared_size_sees_resized_images() -> None:
-    from pipeline.evaluate import backbone_images
-
     spec = ModelSpec(image_size=32, input_size=48, backbone=transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25))
     model = registry.build("transfer_features", spec)
-    images = np.random.default_rng(0).uniform(0, 255, (6, 48, 48, 3)).astype("float32")
-    seen = backbone_images(model, images, batch_size=4)  # two chunks
-    assert seen.shape == (6, 32, 32, 3)
-    np.testing.assert_allclose(seen, keras.ops.convert_to_numpy(model.get_layer("resize")(images)), rtol=1e-6, atol=1e-4)
-    labels = np.array([0, 1] * 3)
-    assert transfer.knn_accuracy(model, 1, (seen, labels), (seen, labels)) == 1.0  # its own neighbour
-    plain = transfer.transfer_features(ModelSpec(image_size=32, backbone=spec.backbone))
-    assert backbone_images(plain, seen) is seen  # no resize layer: the images as they are
+    images = np.random.default_rng(0).uniform(0, 255, (300, 48, 48, 3)).astype("float32")  # two resize chunks
+    seen = keras.ops.convert_to_numpy(model.get_layer("resize")(images))
+    assert seen.shape == (300, 32, 32, 3)
+    got = transfer.features(model, images)
+    np.testing.assert_allclose(got, transfer.backbone_of(model).predict(seen, verbose=0), rtol=1e-5, atol=1e-5)
+    labels = np.array([0, 1] * 150)
+    assert transfer.knn_accuracy(model, 1, (images, labels), (images, labels)) == 1.0  # its own neighbour
+    plain = transfer.transfer_features(ModelSpec(image_size=32, backbone=spec.backbone))  # no resize layer: the images as they are
+    np.testing.assert_allclose(transfer.features(plain, seen), transfer.backbone_of(plain).predict(seen, verbose=0), rtol=1e-5, atol=1e-5)

@@ -178,7 +178,7 @@ def price_head(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
     if _target(spec) == "scaled":
         return price_output(x, spec)
     x = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(_log_start(spec)), name="regression")(x)
-    return _exp_price(x, spec)
+    return _to_price(x, spec)
 
 
 def _log_start(spec: ModelSpec) -> float:
@@ -186,8 +186,10 @@ def _log_start(spec: ModelSpec) -> float:
     return math.log(spec.target_mean / spec.target_scale) if spec.target_mean > 0 and spec.target_scale > 0 else 0.0
 
 
-def _exp_price(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
-    x = keras.layers.Activation("exponential", name="exp")(x)
+def _to_price(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+    """The output unit as a price: exp of it (``target: log``), then x ``target_scale``."""
+    if _target(spec) == "log":
+        x = keras.layers.Activation("exponential", name="exp")(x)
     return keras.layers.Rescaling(spec.target_scale, name="price")(x)
 
 
@@ -210,7 +212,6 @@ def cnn_montage(spec: ModelSpec) -> keras.Model:
     Extra: ``target``, ``photo_pool``, ``photo_filters``, ``photo_head``, ``branch_dropout``.
     """
     _extra(spec, PHOTO_EXTRA, "cnn_montage")
-    _photo_plan(spec)
     image, x = image_input(spec)
     x = dropout(cnn_branch(x, spec), spec.dropout, name="dropout")
     return keras.Model({IMAGE: image}, price_head(x, spec), name="cnn_montage")
@@ -237,12 +238,8 @@ def mixed_inputs(spec: ModelSpec) -> keras.Model:
         x = dropout(x, spec.dropout, name="dropout")
         return keras.Model({**inputs, IMAGE: image}, price_head(x, spec), name="mixed_inputs")
     # one unit per branch, added: the tabular unit is the model without photos, the photo unit a correction from 0
-    log_target = _target(spec) == "log"
-    tab = keras.layers.Dense(
-        1, bias_initializer=keras.initializers.Constant(_log_start(spec) if log_target else 0.0), name="tabular_unit"
-    )(dropout(tab, spec.dropout, name="dropout"))
+    start = _log_start(spec) if _target(spec) == "log" else 0.0
+    tab = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(start), name="tabular_unit")(dropout(tab, spec.dropout, name="dropout"))
     img = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="photo_unit")(img)
     x = keras.layers.Add(name="regression")([tab, img])
-    if log_target:
-        return keras.Model({**inputs, IMAGE: image}, _exp_price(x, spec), name="mixed_inputs")
-    return keras.Model({**inputs, IMAGE: image}, keras.layers.Rescaling(spec.target_scale, name="price")(x), name="mixed_inputs")
+    return keras.Model({**inputs, IMAGE: image}, _to_price(x, spec), name="mixed_inputs")

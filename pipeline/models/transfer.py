@@ -20,13 +20,13 @@ into the spec (:func:`pipeline.pretrain.load_backbone`); the builder copies
 it (fresh layers, same weights), so the spec's model is never changed.
 
 * ``transfer_features``: the backbone frozen (``trainable=False``) + Dense
-  head + sigmoid; the seed's kNN on the deep
-  features is reported by ``evaluate`` (variant extra ``knn``: k, 5; 0 = off).
+  head + sigmoid; the seed's kNN on the deep features is reported by
+  ``evaluate`` (variant extra ``knn``: k, 5; 0 = off).
 * ``transfer_finetune``: the same model; after the head is fitted, the train
   stage calls :func:`unfreeze` (the top block or all of it, BatchNormalization
   kept frozen; or, ``all_batchnorm``, all of it with its BatchNormalization
-  re-estimated on the new photos) and fits ``finetune_epochs`` more with ``finetune_learning_rate``
-  (see :func:`finetune_plan`).
+  re-estimated on the new photos) and fits ``finetune_epochs`` more with
+  ``finetune_learning_rate`` (see :func:`finetune_plan`).
 * ``transfer_scratch``: the control: the same architecture with fresh
   weights, all of it trained (what the pretraining is worth).
 
@@ -165,7 +165,7 @@ def transfer_scratch(spec: ModelSpec) -> keras.Model:
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
-    """The nested ``"backbone"`` model of a transfer model (also inside a ``tta`` wrapper)."""
+    """The nested ``"backbone"`` model of a transfer model (also inside a :mod:`pipeline.models.wrap` wrapper)."""
     found = _find(model, BACKBONE)
     if found is None:
         raise ValueError(f"model {model.name!r} has no nested {BACKBONE!r} model (not a transfer model)")
@@ -269,8 +269,16 @@ def knn_k(model_name: str, extra: Mapping[str, Any], where: str) -> int:
 
 
 def features(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The backbone's pooled features of raw 0-255 ``images``."""
-    return backbone_of(model).predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+    """The backbone's pooled features of raw 0-255 ``images``, as the model feeds it: through the model's ``resize``
+    layer when it works below the images' size (:mod:`pipeline.models.wrap`)."""
+    x = images.astype(np.float32)
+    try:
+        resize = model.get_layer("resize")
+    except ValueError:
+        resize = None
+    if resize is not None:
+        x = np.concatenate([np.asarray(resize(x[i : i + 256])) for i in range(0, len(x), 256)])
+    return backbone_of(model).predict(x, batch_size=batch_size, verbose=0)
 
 
 def knn_accuracy(model: keras.Model, k: int, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
