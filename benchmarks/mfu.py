@@ -49,6 +49,8 @@ GROUPS: list[dict[str, Any]] = [
         {"name": "XLA (jit_compile=True; Keras drops it under determinism)", "determinism": False, "jit": True},
         {"name": "batch 64", "batch": 64},
         {"name": "batch 128", "batch": 128},
+        {"name": "batch 256", "batch": 256},
+        {"name": "XLA, batch 128", "determinism": False, "jit": True, "batch": 128},
         {"name": "channels_first", "layout": "channels_first"},
         {"name": "train.py now, again (the noise between identical configurations)"},
     ]},

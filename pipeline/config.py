@@ -358,7 +358,7 @@ SCHEDULES: tuple[str, ...] = ("constant", "inverse_time", "step", "cosine")
 LOSSES: tuple[str, ...] = ("auto", "binary_crossentropy", "mse", "mae", "mape")
 CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "inverse", "none")
 TRAIN_KEYS: tuple[str, ...] = (
-    "seed", "epochs", "batch_size", "optimizer", "learning_rate", "schedule", "decay",
+    "seed", "epochs", "batch_size", "optimizer", "learning_rate", "schedule", "decay", "warmup",
     "weight_decay", "loss", "label_smoothing", "class_weight", "early_stopping", "mixup", "cutmix",
 )
 
@@ -374,6 +374,7 @@ class TrainConfig:
     learning_rate: float
     schedule: str
     decay: float
+    warmup: int  # epochs of linear ramp from 0 to learning_rate before the schedule (constant or cosine)
     weight_decay: float
     loss: str
     label_smoothing: float
@@ -391,16 +392,27 @@ def _class_weight(value: Any, where: str) -> str | dict[str, float]:
     return value
 
 
+WARMUP_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
 def _train(d: Any, where: str) -> TrainConfig:
     d = _section(d, where, TRAIN_KEYS)
+    epochs = _number(d["epochs"], f"{where}.epochs", 1, 10000, integer=True)
+    schedule = _choice(d["schedule"], f"{where}.schedule", SCHEDULES)
+    warmup = _number(d["warmup"], f"{where}.warmup", 0, integer=True)
+    if warmup >= epochs:
+        raise ConfigError(f"{where}.warmup: {warmup} epochs of warmup leave none of the {epochs} epochs to train at the learning rate")
+    if warmup and schedule not in WARMUP_SCHEDULES:
+        raise ConfigError(f"{where}.warmup: a warmup ramps into schedule {' or '.join(WARMUP_SCHEDULES)}, not {schedule!r}")
     return TrainConfig(
         seed=_number(d["seed"], f"{where}.seed", 0, 2**31 - 1, integer=True),
-        epochs=_number(d["epochs"], f"{where}.epochs", 1, 10000, integer=True),
+        epochs=epochs,
         batch_size=_number(d["batch_size"], f"{where}.batch_size", 1, 65536, integer=True),
         optimizer=_choice(d["optimizer"], f"{where}.optimizer", OPTIMIZERS),
         learning_rate=float(_number(d["learning_rate"], f"{where}.learning_rate", 1e-8, 10)),
-        schedule=_choice(d["schedule"], f"{where}.schedule", SCHEDULES),
+        schedule=schedule,
         decay=float(_number(d["decay"], f"{where}.decay", 0)),
+        warmup=warmup,
         weight_decay=float(_number(d["weight_decay"], f"{where}.weight_decay", 0, 1)),
         loss=_choice(d["loss"], f"{where}.loss", LOSSES),
         label_smoothing=float(_number(d["label_smoothing"], f"{where}.label_smoothing", 0, 0.5)),

@@ -134,18 +134,30 @@ def mlflow_example(model: Any, names: tuple[str, ...], prepared: Path) -> tuple[
     return x, model.predict(ds, verbose=0)
 
 
-def optimizer(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
-    """The optimizer with its learning-rate schedule (the seed's ``Adam(lr, decay)`` is ``inverse_time``)."""
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
+    """The learning rate: a number (``constant``) or a Keras schedule over optimizer steps."""
     import keras
 
-    lr: Any = cfg.learning_rate
+    schedules = keras.optimizers.schedules
     total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "inverse_time":
-        lr = keras.optimizers.schedules.InverseTimeDecay(cfg.learning_rate, decay_steps=1, decay_rate=cfg.decay)
-    elif cfg.schedule == "step":
-        lr = keras.optimizers.schedules.ExponentialDecay(cfg.learning_rate, steps_per_epoch, cfg.decay or 0.5, staircase=True)
-    elif cfg.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=max(total, 1))
+    warmup = cfg.warmup * steps_per_epoch
+    if warmup:  # a linear ramp from 0, then the cosine (alpha 1 holds a constant rate instead); config allows only these two
+        alpha = 1.0 if cfg.schedule == "constant" else 0.0
+        return schedules.CosineDecay(0.0, decay_steps=max(total - warmup, 1), alpha=alpha, warmup_target=cfg.learning_rate, warmup_steps=warmup)
+    if cfg.schedule == "inverse_time":  # the seed's Adam(lr, decay)
+        return schedules.InverseTimeDecay(cfg.learning_rate, decay_steps=1, decay_rate=cfg.decay)
+    if cfg.schedule == "step":
+        return schedules.ExponentialDecay(cfg.learning_rate, steps_per_epoch, cfg.decay or 0.5, staircase=True)
+    if cfg.schedule == "cosine":
+        return schedules.CosineDecay(cfg.learning_rate, decay_steps=max(total, 1))
+    return cfg.learning_rate
+
+
+def optimizer(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
+    """The optimizer with its learning rate (:func:`learning_rate`)."""
+    import keras
+
+    lr = learning_rate(cfg, steps_per_epoch)
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(lr)
     if cfg.optimizer == "adamw":
@@ -193,6 +205,11 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
     mix = (cfg.mixup, cfg.cutmix)
     if any(mix) and entry.inputs != ("image",):
         raise PipelineError(f"variants.{variant.name}.train: mixup / cutmix mix the images and labels of image-only models; {variant.model!r} takes {', '.join(entry.inputs)}")
+    from pipeline.models.transfer import finetune_plan  # --- transfer learning: an optional second phase
+
+    plan = finetune_plan(variant.model, variant.extra, cfg.learning_rate, f"variants.{variant.name}.extra")
+    if plan and cfg.warmup >= plan[0]:  # each phase ramps up again
+        raise PipelineError(f"variants.{variant.name}.train.warmup: {cfg.warmup} epochs of warmup leave none of the {plan[0]} fine-tuning epochs at the learning rate")
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     train_idx, train_img = shards.load_split(prepared, "train")
@@ -208,7 +225,10 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
         from pipeline.pretrain import load_backbone
 
         spec = dataclasses.replace(spec, backbone=load_backbone(transfer or TransferConfig("pretrain", "MobileNetV2", None), spec.image_size))
-    model = registry.build(variant.model, spec)
+    try:
+        model = registry.build(variant.model, spec)
+    except ValueError as exc:  # a builder's own check of its knobs (extra, image_size, tta)
+        raise PipelineError(f"variants.{variant.name}: {exc}") from None
     as_dict = not isinstance(model, keras.Sequential)
     train_ds = make_dataset(model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx), cfg.batch_size, cfg.seed, augment, as_dict, mix)
     val_ds = make_dataset(model_inputs(entry.inputs, val_idx, val_img), targets(meta, val_idx), cfg.batch_size, None, as_dict=as_dict)
@@ -221,11 +241,7 @@ def fit(variant: Variant, meta: dict[str, Any], stats: dict[str, Any], prepared:
         callbacks.append(tracking.epoch_logger(run_id))
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2).history
-    # --- transfer learning: an optional second phase (variant extra finetune_epochs, see pipeline/models/transfer.py)
-    from pipeline.models.transfer import finetune_plan
-
-    plan = finetune_plan(variant.model, variant.extra, cfg.learning_rate, f"variants.{variant.name}.extra")
-    if plan:
+    if plan:  # variant extra finetune_epochs, see pipeline/models/transfer.py
         fit_args = dict(x=train_ds, validation_data=val_ds, class_weight=class_weight(cfg, stats), callbacks=callbacks, shuffle=False, verbose=2)
         history = finetune(model, plan, cfg, entry.task, history, math.ceil(len(train_idx) / cfg.batch_size), fit_args)
     seconds = time.perf_counter() - start

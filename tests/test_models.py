@@ -170,6 +170,21 @@ def test_pets_models_build_for_small_and_larger_images(name: str, image_size: in
     assert out.shape == (1, 1) and np.isfinite(out).all()
 
 
+def test_resnet_deep_stem_is_three_3x3_convs_the_first_strided() -> None:
+    entry = registry.get("resnet")
+    single = registry.build("resnet", make_spec(entry, image_size=64, extra={"min_map": 2}))  # all five halvings
+    assert single.get_layer("stem_conv").kernel_size == (7, 7) and single.get_layer("stem_conv").strides == (2, 2)
+    spec = make_spec(entry, image_size=64, extra={"min_map": 2, "stem": "deep"})
+    deep = registry.build("resnet", spec)
+    convs = [deep.get_layer(f"stem{i}_conv") for i in (1, 2, 3)]
+    assert [(c.kernel_size, c.strides, c.filters) for c in convs] == [((3, 3), (2, 2), 8), ((3, 3), (1, 1), 8), ((3, 3), (1, 1), 16)]
+    assert "stem_conv" not in [layer.name for layer in deep.layers]
+    out = predict(deep, make_batch(entry, spec, n=2))
+    assert out.shape == (2, 1) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="resnet: extra.stem 'tall' is not one of single, deep"):
+        registry.build("resnet", make_spec(entry, image_size=64, extra={"stem": "tall"}))
+
+
 @pytest.mark.parametrize("knobs", [{}, {"batchnorm": True, "dropout": 0.3}], ids=["plain", "bn+dropout"])
 def test_the_seed_cnn_written_three_ways_is_one_model(knobs: dict) -> None:
     entry = registry.get("cnn_sequential")

@@ -167,6 +167,41 @@ def test_mixup_on_a_multi_input_model_names_the_variant(trained: Path, tmp_path:
         train.main(["tiny_mixed"])
 
 
+def test_a_builder_knob_error_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["variants"]["tiny_cnn"].update(model="resnet", extra={"stem": "tall"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PipelineError, match=r"variants\.tiny_cnn: resnet: extra\.stem 'tall' is not one of single, deep"):
+        train.main(["tiny_cnn"])
+
+
+def test_a_warmup_as_long_as_the_fine_tuning_names_the_key(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["variants"]["tiny_cnn"].update(model="transfer_finetune", extra={"finetune_epochs": 2})
+    raw["variants"]["tiny_cnn"]["train"].update(epochs=4, warmup=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PipelineError, match=r"variants\.tiny_cnn\.train\.warmup: 2 epochs of warmup leave none of the 2 fine-tuning epochs"):
+        train.main(["tiny_cnn"])
+
+
+@pytest.mark.parametrize("schedule, after", [("cosine", [0.05, 0.0]), ("constant", [0.1, 0.1])])
+def test_warmup_ramps_linearly_into_the_schedule(schedule: str, after: list[float]) -> None:
+    from pipeline.config import TrainConfig
+
+    cfg = TrainConfig(seed=0, epochs=4, batch_size=1, optimizer="adamw", learning_rate=0.1, schedule=schedule, decay=0.0, warmup=2,
+                      weight_decay=0.01, loss="auto", label_smoothing=0.0, class_weight="none", early_stopping=0, mixup=0.0, cutmix=0.0)
+    rate = train.learning_rate(cfg, steps_per_epoch=10)
+    at = {step: float(rate(step)) for step in (0, 10, 20, 30, 40)}
+    np.testing.assert_allclose([at[0], at[10], at[20]], [0.0, 0.05, 0.1], atol=1e-7)  # 2 epochs x 10 steps of ramp
+    np.testing.assert_allclose([at[30], at[40]], after, atol=1e-7)  # half-way through the cosine, and its end
+
+
 def test_a_variant_image_size_above_the_prepared_size_names_the_key() -> None:
     variant = config.load(REPO_PARAMS).variants["resnet"]
     stats = {"image": {"mean": [120.0] * 3, "variance": [3600.0] * 3}}
@@ -204,7 +239,7 @@ def test_class_weight_choices() -> None:
     from pipeline.config import TrainConfig
 
     stats = {"classes": ["Cat", "Dog"], "class_weights": {"balanced": {"Cat": 0.6, "Dog": 2.0}, "inverse": {"Cat": 1.3, "Dog": 4.0}}}
-    base = dict(seed=0, epochs=1, batch_size=1, optimizer="adam", learning_rate=0.1, schedule="constant", decay=0.0,
+    base = dict(seed=0, epochs=1, batch_size=1, optimizer="adam", learning_rate=0.1, schedule="constant", decay=0.0, warmup=0,
                 weight_decay=0.0, loss="auto", label_smoothing=0.0, early_stopping=0, mixup=0.0, cutmix=0.0)
     assert train.class_weight(TrainConfig(**base, class_weight="balanced"), stats) == {0: 0.6, 1: 2.0}
     assert train.class_weight(TrainConfig(**base, class_weight="inverse"), stats) == {0: 1.3, 1: 4.0}

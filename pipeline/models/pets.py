@@ -393,6 +393,21 @@ def residual_block(x: keras.KerasTensor, filters: int, strides: int, name: str) 
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
 
+RESNET_STEMS = ("single", "deep")
+
+
+def resnet_stem(x: keras.KerasTensor, filters: int, strides: int, kind: str) -> keras.KerasTensor:
+    """The stem before the pool: one 7x7 conv (3x3 when it does not halve), or ``deep``: three 3x3 convs."""
+    if kind not in RESNET_STEMS:
+        raise ValueError(f"resnet: extra.stem {kind!r} is not one of {', '.join(RESNET_STEMS)}")
+    if kind == "single":
+        return conv(x, filters, 7 if strides == 2 else 3, strides=strides, batchnorm=True, name="stem")
+    half = max(filters // 2, 1)
+    x = conv(x, half, 3, strides=strides, batchnorm=True, name="stem1")
+    x = conv(x, half, 3, batchnorm=True, name="stem2")
+    return conv(x, filters, 3, batchnorm=True, name="stem3")
+
+
 @register("resnet", TASK)
 def resnet(spec: ModelSpec) -> keras.Model:
     """ResNet-18: stem, four stages of two basic residual blocks (64/128/256/512), global average, output.
@@ -402,7 +417,9 @@ def resnet(spec: ModelSpec) -> keras.Model:
     block of stages 2-4; small images drop the earliest so the last map is >= 4 px.
     Extra: ``filters`` (64, 128, 256, 512) and ``blocks`` per stage (2, 2, 2, 2; 3, 4, 6, 3 = ResNet-34),
     ``min_map`` (4): the smallest last map before a halving is dropped (96 px keeps all five
-    halvings with 3, at a quarter of the early layers' cost).
+    halvings with 3, at a quarter of the early layers' cost), ``stem``: ``single`` (one 7x7
+    conv) or ``deep`` (three 3x3 convs, half, half and full width, the first one strided:
+    ResNet-C of "Bag of Tricks", He et al. 2019).
     """
     filters = tuple(spec.extra.get("filters", (64, 128, 256, 512)))
     blocks = tuple(spec.extra.get("blocks", (2, 2, 2, 2)))
@@ -410,7 +427,7 @@ def resnet(spec: ModelSpec) -> keras.Model:
         raise ValueError(f"resnet: filters {filters} and blocks {blocks} differ in length")
     s = stride_plan(spec.image_size, 1 + len(filters), min_size=int(spec.extra.get("min_map", 4)))
     image, x = image_input(spec)
-    x = conv(x, units(int(filters[0]), spec.width), 7 if s[0] == 2 else 3, strides=s[0], batchnorm=True, name="stem")
+    x = resnet_stem(x, units(int(filters[0]), spec.width), s[0], str(spec.extra.get("stem", "single")))
     x = max_pool(x, s[1], name="stem_pool")
     for st, (f, n) in enumerate(zip(filters, blocks, strict=True), start=1):
         for b in range(1, int(n) + 1):
