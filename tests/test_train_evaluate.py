@@ -145,49 +145,33 @@ def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: p
     pd.testing.assert_frame_equal(again, first)
 
 
-def test_model_task_mismatch_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "variant, change, message",
+    [
+        ("tiny_cnn", {"model": "mlp_tabular"}, r"variants\.tiny_cnn: model 'mlp_tabular' is for regression"),
+        ("tiny_mixed", {"train": {"mixup": 0.2}}, r"variants\.tiny_mixed\.train: mixup / cutmix .* 'mixed_inputs' takes tabular, zipcode, image"),
+        ("tiny_cnn", {"model": "resnet", "extra": {"stem": "tall"}}, r"variants\.tiny_cnn: resnet: extra\.stem 'tall' is not one of single, deep"),
+        (
+            "tiny_cnn",
+            {"model": "transfer_finetune", "extra": {"finetune_epochs": 2}, "train": {"epochs": 4, "warmup": 2}},
+            r"variants\.tiny_cnn\.train\.warmup: 2 epochs of warmup leave none of the 2 fine-tuning epochs",
+        ),
+    ],
+    ids=["task-mismatch", "mixup-on-multi-input", "builder-knob", "warmup-vs-fine-tuning"],
+)
+def test_a_bad_variant_fails_before_training_naming_the_culprit(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, change: dict, message: str
+) -> None:
     copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    raw["variants"]["tiny_cnn"]["model"] = "mlp_tabular"
+    entry = raw["variants"][variant]
+    for key, value in change.items():  # mappings (train, extra) are merged over the variant's own
+        entry[key] = {**entry.get(key, {}), **value} if isinstance(value, dict) else value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(PipelineError, match=r"variants\.tiny_cnn: model 'mlp_tabular' is for regression"):
-        train.main(["tiny_cnn"])
-
-
-def test_mixup_on_a_multi_input_model_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
-    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    raw["variants"]["tiny_mixed"]["train"]["mixup"] = 0.2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(PipelineError, match=r"variants\.tiny_mixed\.train: mixup / cutmix .* 'mixed_inputs' takes tabular, zipcode, image"):
-        train.main(["tiny_mixed"])
-
-
-def test_a_builder_knob_error_names_the_variant(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
-    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    raw["variants"]["tiny_cnn"].update(model="resnet", extra={"stem": "tall"})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(PipelineError, match=r"variants\.tiny_cnn: resnet: extra\.stem 'tall' is not one of single, deep"):
-        train.main(["tiny_cnn"])
-
-
-def test_a_warmup_as_long_as_the_fine_tuning_names_the_key(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    copy_project(trained, tmp_path, "data/prepared", "data/stats", "reports/augmentation")
-    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    raw["variants"]["tiny_cnn"].update(model="transfer_finetune", extra={"finetune_epochs": 2})
-    raw["variants"]["tiny_cnn"]["train"].update(epochs=4, warmup=2)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(PipelineError, match=r"variants\.tiny_cnn\.train\.warmup: 2 epochs of warmup leave none of the 2 fine-tuning epochs"):
-        train.main(["tiny_cnn"])
+    with pytest.raises(PipelineError, match=message):
+        train.main([variant])
 
 
 @pytest.mark.parametrize("schedule, after", [("cosine", [0.05, 0.0]), ("constant", [0.1, 0.1])])
