@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -176,10 +177,7 @@ def test_a_bad_variant_fails_before_training_naming_the_culprit(
 
 @pytest.mark.parametrize("schedule, after", [("cosine", [0.05, 0.0]), ("constant", [0.1, 0.1])])
 def test_warmup_ramps_linearly_into_the_schedule(schedule: str, after: list[float]) -> None:
-    from pipeline.config import TrainConfig
-
-    cfg = TrainConfig(seed=0, epochs=4, batch_size=1, optimizer="adamw", learning_rate=0.1, schedule=schedule, decay=0.0, warmup=2,
-                      weight_decay=0.01, loss="auto", label_smoothing=0.0, class_weight="none", early_stopping=0, mixup=0.0, cutmix=0.0)
+    cfg = dataclasses.replace(config.load(REPO_PARAMS).train, epochs=4, learning_rate=0.1, schedule=schedule, warmup=2)
     rate = train.learning_rate(cfg, steps_per_epoch=10)
     at = {step: float(rate(step)) for step in (0, 10, 20, 30, 40)}
     np.testing.assert_allclose([at[0], at[10], at[20]], [0.0, 0.05, 0.1], atol=1e-7)  # 2 epochs x 10 steps of ramp
@@ -220,18 +218,19 @@ def test_report_leaderboard(trained: Path) -> None:
 
 
 def test_class_weight_choices() -> None:
-    from pipeline.config import TrainConfig
-
     stats = {"classes": ["Cat", "Dog"], "class_weights": {"balanced": {"Cat": 0.6, "Dog": 2.0}, "inverse": {"Cat": 1.3, "Dog": 4.0}}}
-    base = dict(seed=0, epochs=1, batch_size=1, optimizer="adam", learning_rate=0.1, schedule="constant", decay=0.0, warmup=0,
-                weight_decay=0.0, loss="auto", label_smoothing=0.0, early_stopping=0, mixup=0.0, cutmix=0.0)
-    assert train.class_weight(TrainConfig(**base, class_weight="balanced"), stats) == {0: 0.6, 1: 2.0}
-    assert train.class_weight(TrainConfig(**base, class_weight="inverse"), stats) == {0: 1.3, 1: 4.0}
-    assert train.class_weight(TrainConfig(**base, class_weight="none"), stats) is None
-    assert train.class_weight(TrainConfig(**base, class_weight={"Dog": 5.0, "Cat": 1.0}), stats) == {0: 1.0, 1: 5.0}
+    base = config.load(REPO_PARAMS).train
+
+    def weights(choice: Any, stats: dict = stats) -> dict | None:
+        return train.class_weight(dataclasses.replace(base, class_weight=choice), stats)
+
+    assert weights("balanced") == {0: 0.6, 1: 2.0}
+    assert weights("inverse") == {0: 1.3, 1: 4.0}
+    assert weights("none") is None
+    assert weights({"Dog": 5.0, "Cat": 1.0}) == {0: 1.0, 1: 5.0}
     with pytest.raises(PipelineError, match=r"train.class_weight: give a weight for each class \['Cat', 'Dog'\], got \['Cat'\]"):
-        train.class_weight(TrainConfig(**base, class_weight={"Cat": 1.0}), stats)
-    assert train.class_weight(TrainConfig(**base, class_weight="balanced"), {"classes": None}) is None  # regression
+        weights({"Cat": 1.0})
+    assert weights("balanced", {"classes": None}) is None  # regression
 
 
 def test_runs_of_one_repro_share_a_revision_tag(trained: Path) -> None:

@@ -57,6 +57,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.models.layers import CHANNELS, IMAGE, binary_output, conv, dense_head, max_pool, stride_plan, units
+from pipeline.models import wrap
 from pipeline.models.registry import ModelSpec, register
 
 TASK = "binary_classification"
@@ -271,14 +272,11 @@ def knn_k(model_name: str, extra: Mapping[str, Any], where: str) -> int:
 def features(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """The backbone's pooled features of raw 0-255 ``images``, as the model feeds it: through the model's ``resize``
     layer when it works below the images' size (:mod:`pipeline.models.wrap`)."""
-    x = images.astype(np.float32)
-    try:
-        resize = model.get_layer("resize")
-    except ValueError:
-        resize = None
+    feed = backbone_of(model)
+    resize = next((layer for layer in model.layers if layer.name == wrap.RESIZE), None)
     if resize is not None:
-        x = np.concatenate([np.asarray(resize(x[i : i + 256])) for i in range(0, len(x), 256)])
-    return backbone_of(model).predict(x, batch_size=batch_size, verbose=0)
+        feed = keras.Sequential([keras.Input(images.shape[1:]), resize, feed])
+    return feed.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
 
 
 def knn_accuracy(model: keras.Model, k: int, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:

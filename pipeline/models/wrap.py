@@ -23,6 +23,8 @@ import keras
 from pipeline.models.layers import CHANNELS, IMAGE
 from pipeline.models.registry import ModelSpec
 
+RESIZE = "resize"  # the name of the resizing layer in front of a model working below the prepared size
+
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class FlipStack(keras.layers.Layer):
@@ -56,7 +58,7 @@ def image_model(model: keras.Model, spec: ModelSpec) -> keras.Model:
     image = keras.Input(shape=(size, size, CHANNELS), dtype="float32", name=IMAGE)
     x = FlipStack(name="flip_stack")(image) if spec.tta == "flip" else image
     if size != spec.image_size:
-        x = keras.layers.Resizing(spec.image_size, spec.image_size, interpolation="bilinear", antialias=True, name="resize")(x)
+        x = keras.layers.Resizing(spec.image_size, spec.image_size, interpolation="bilinear", antialias=True, name=RESIZE)(x)
     # the project's models take {"image": x}; a Sequential model takes the tensor itself
     y = model(x if isinstance(model, keras.Sequential) else {IMAGE: x})
     if spec.tta == "flip":
