@@ -3,8 +3,9 @@
 Reads a workspace that ran the real profile's ``validate@houses`` and
 ``pretrain`` (``make results`` leaves one in ``results/workspace``): the
 houses table, the raw photos and ``models/pretrain/backbone.keras``. On the
-houses of the zip codes with at least 25 houses (the seed's 362), for the
-seed's split (``random_state=42``) and 4 more, it fits a Huber regression of
+houses the workspace's ``prepare.houses`` keeps (``min_houses_per_zip``: the
+seed's 362), for each of ``results.yaml``'s ``houses_split_seeds`` (the seed
+split first) with the same test fraction, it fits a Huber regression of
 the log price on the table (log area, bedrooms, bathrooms, zip code one-hot),
 alone and with photo features added:
 
@@ -36,14 +37,12 @@ from sklearn.model_selection import KFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from pipeline import images  # noqa: E402
+from pipeline import config, images  # noqa: E402
 from pipeline.config import HOUSE_ROOMS  # noqa: E402
 from pipeline.prepare import filter_zipcodes  # noqa: E402
-
-SEEDS = (42, 1, 2, 3, 4)
-MIN_HOUSES_PER_ZIP = 25
+from results import load_plan  # noqa: E402  (scripts/results.py: the make results protocol)
 
 
 def photo_paths(workspace: Path, houses: pd.DataFrame) -> list[list[Path]]:
@@ -105,11 +104,11 @@ def fit_predict(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndar
     return model.predict(x[test])
 
 
-def evaluate(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray) -> tuple[float, float, float]:
-    """(test MAPE on the seed split, mean test MAPE over ``SEEDS``, mean 5-fold CV MAPE on the training houses)."""
+def evaluate(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray, seeds: tuple[int, ...], test_size: float) -> tuple[float, float, float]:
+    """(test MAPE on the first seed's split, mean test MAPE over ``seeds``, mean 5-fold CV MAPE on the training houses)."""
     tests, cvs = [], []
-    for seed in SEEDS:
-        train, test = train_test_split(np.arange(len(y)), test_size=0.25, random_state=seed)
+    for seed in seeds:
+        train, test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
         tests.append(mape(y[test], fit_predict(table, photos, k, y, train, test)))
         folds = KFold(5, shuffle=True, random_state=0).split(train)
         cvs.append(np.mean([mape(y[train[b]], fit_predict(table, photos, k, y, train[a], train[b])) for a, b in folds]))
@@ -119,17 +118,19 @@ def evaluate(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray
 def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     workspace = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results/workspace"
+    prepare = config.load(workspace / "params.yaml").prepare.houses
+    seeds = load_plan(REPO / "results.yaml").split_seeds
     houses = pd.read_parquet(workspace / "data/validated/houses/houses.parquet")
-    houses = filter_zipcodes(houses, MIN_HOUSES_PER_ZIP).reset_index(drop=True)
+    houses = filter_zipcodes(houses, prepare.min_houses_per_zip).reset_index(drop=True)
     paths = photo_paths(workspace, houses)
     table, y = table_features(houses), np.log(houses.price.to_numpy())
     sets = {"backbone": backbone_features(workspace, paths), "stats": photo_stats(paths)}
-    print(f"{len(houses)} houses; Huber regression of the log price; MAPE in %")
-    print(f"{'features':28s} {'seed split':>10s} {'mean of 5':>10s} {'CV, train':>10s}")
+    print(f"{len(houses)} houses, split seeds {seeds}; Huber regression of the log price; MAPE in %")
+    print(f"{'features':28s} {'seed split':>10s} {f'mean of {len(seeds)}':>10s} {'CV, train':>10s}")
     rows = [("table only", None, 0)] + [(f"table + {name} PCA {k}", x, k) for name, x in sets.items() for k in (2, 5, 9)]
     for label, photos, k in rows:
-        seed_split, mean5, cv = evaluate(table, photos, k, y)
-        print(f"{label:28s} {seed_split:10.1f} {mean5:10.2f} {cv:10.2f}")
+        seed_split, mean, cv = evaluate(table, photos, k, y, seeds, prepare.split.test)
+        print(f"{label:28s} {seed_split:10.1f} {mean:10.2f} {cv:10.2f}")
 
 
 if __name__ == "__main__":
