@@ -29,6 +29,32 @@ def test_flops_of_the_seed_cnn_at_150_px_match_a_hand_count() -> None:
     assert step == 6 * total - 2 * expected["conv1"]  # the image needs no gradient
 
 
+def test_fused_adam_follows_keras_adam() -> None:
+    pytest.importorskip("tensorflow")
+    import keras
+    import mfu
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    init = [rng.normal(size=shape).astype("float32") for shape in [(64, 8), (8,)]]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in init] for _ in range(5)]
+
+    def trained(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
+        variables = [keras.Variable(w) for w in init]
+        for g in grads:
+            optimizer.apply_gradients(zip(g, variables))
+        return [v.numpy() for v in variables]
+
+    reference = trained(keras.optimizers.Adam(0.01))
+    fused = mfu.fused_adam(keras.optimizers.Adam(0.01))
+    assert type(fused).__name__ == "FusedAdam"
+    for got, want, start in zip(trained(fused), reference, init):
+        assert np.abs(want - start).mean() > 1e-2  # the steps moved the weights far beyond the tolerance
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    with pytest.raises(TypeError, match="SGD"):
+        mfu.fused_adam(keras.optimizers.SGD())
+
+
 def test_targets_and_table_handle_met_missed_and_missing_figures() -> None:
     figures = {"input_pipeline_speedup_vs_imagedatagenerator": 5.0, "train_throughput_ratio_vs_bare_fit": 0.9, "mfu": None}
     goals = run_all.targets(figures)
