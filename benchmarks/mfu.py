@@ -44,7 +44,10 @@ FLOP_COUNTING = (
     " + weight gradients (2 x MACs) + input gradients (2 x MACs, all layers but the first conv);"
     " pooling, ReLU, normalization, loss and optimizer not counted. MFU = that x images/s / best matmul GFLOP/s of the run"
 )
-BASE: dict[str, Any] = {"name": "train.py now: determinism, no XLA, batch 32, channels_last", "determinism": True, "jit": False, "batch": 32, "layout": "channels_last", "fused_adam": False}
+BASE: dict[str, Any] = {
+    "name": "train.py now: determinism, no XLA, batch 32, channels_last",
+    "determinism": True, "jit": False, "batch": 32, "layout": "channels_last", "fused_adam": False,
+}
 # group (threads / environment of one process) -> the configurations compared in it, as changes to BASE
 GROUPS: list[dict[str, Any]] = [
     {"name": "default threads", "configs": [
@@ -160,7 +163,9 @@ def build_model(cfg: dict[str, Any]) -> Any:
             keras.config.set_image_data_format("channels_last")
     loss, metrics = train.loss_and_metrics("binary_classification", train_cfg)
     optimizer = train.optimizer(train_cfg, 10)
-    model.compile(optimizer=fused_adam(optimizer) if cfg["fused_adam"] else optimizer, loss=loss, metrics=metrics, jit_compile=cfg["jit"])
+    if cfg["fused_adam"]:
+        optimizer = fused_adam(optimizer)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=cfg["jit"])
     return model
 
 
@@ -192,7 +197,7 @@ def prepared(cfg: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def worker(group: dict[str, Any], steps: int, rounds: int) -> list[dict[str, Any]]:
-    """The group's configurations, each round the matmul peak then all of them in a shuffled order, in this process; their figures."""
+    """The group's configurations, each round the matmul peak then each of them in a shuffled order; their figures."""
     import keras
     import tensorflow as tf
 
