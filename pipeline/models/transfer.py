@@ -56,8 +56,8 @@ import keras
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.models.layers import CHANNELS, IMAGE, binary_output, conv, dense_head, max_pool, stride_plan, units
 from pipeline.models import wrap
+from pipeline.models.layers import CHANNELS, IMAGE, binary_output, conv, dense_head, max_pool, stride_plan, units
 from pipeline.models.registry import ModelSpec, register
 
 TASK = "binary_classification"
