@@ -177,7 +177,8 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     pngs = draw(task, tables, result, out, variant)
     pngs.append(draw_history(tables["history"], out / "training_curves.png", f"{variant}: training curves"))
     files.write_json(paths.metrics(variant), result)
-    run_id = tracking.load_run_id(folder)
+    tags = {**tracking.git_tags(), "data.hash": tracking.data_hash(Path("dvc.lock"), dataset), "dataset": dataset}
+    run_id = tracking.model_run(folder, variant, dataset, tags)
     scalars = {f"test_{k}": v for k, v in result.items() if isinstance(v, float) and np.isfinite(v) and k not in trained}
     tracking.log_metrics(run_id, scalars)
     key, higher, _ = TASKS[task]  # the leaderboard's key metric: a column of the experiment's runs table in the UI

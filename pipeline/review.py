@@ -892,18 +892,27 @@ def _unreadable(exc: Exception) -> str:
 
 
 def stale_stages(params: Mapping[str, Any], lock: Mapping[str, Any]) -> list[str]:
-    """The stages of ``dvc.lock`` whose recorded params differ from ``params``: their outputs predate the params."""
+    """The stages of ``dvc.lock`` whose recorded params differ from ``params``: their outputs predate the params.
+
+    DVC keeps the entries of ``foreach`` items that no longer exist (a removed
+    variant's ``train@<name>``): an item whose params are gone is not stale.
+    """
     stale = []
     for stage, entry in ((lock or {}).get("stages") or {}).items():
         recorded = ((entry or {}).get("params") or {}).get("params.yaml") or {}
-        for dotted, value in recorded.items():
-            node: Any = params
-            for part in str(dotted).split("."):
-                node = node.get(part, MISSING) if isinstance(node, Mapping) else MISSING
-            if node != value:
-                stale.append(stage)
-                break
+        found = {dotted: _lookup(params, str(dotted)) for dotted in recorded}
+        if "@" in stage and MISSING in found.values():
+            continue
+        if any(found[dotted] != value for dotted, value in recorded.items()):
+            stale.append(stage)
     return stale
+
+
+def _lookup(params: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = node.get(part, MISSING) if isinstance(node, Mapping) else MISSING
+    return node
 
 
 def _json(reader: _Workspace | _Revision, path: Path, notes: list[str]) -> dict[str, Any] | None:

@@ -1,9 +1,12 @@
 """MLflow at the edges: one experiment per dataset, one run per variant, shared by train and evaluate.
 
-The tracking URI defaults to ``sqlite:///mlflow.db`` with artifacts under
-``mlartifacts/`` (embedded, no server); ``MLFLOW_TRACKING_URI`` points it at a
-real server. Train writes the run id to ``models/<variant>/mlflow_run.json``;
-evaluate reopens that run, so both log into the same place.
+The tracking URI defaults to ``mlflow.db`` with artifacts under
+``mlartifacts/`` (embedded, no server), both in the project's root
+(:func:`project_root`), so git worktrees, DVC's experiment copies and the
+review's base rebuild log into one store; ``MLFLOW_TRACKING_URI`` points it at
+a real server. Train writes the run id to ``models/<variant>/mlflow_run.json``
+and tags the run with the model file's sha256; evaluate reopens that run
+(:func:`model_run`), so both log into the same place.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,42 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-ARTIFACTS = Path("mlartifacts")
+STORE = "mlflow.db"  # the default store and artifact folder, in the project root
+ARTIFACTS = "mlartifacts"
 RUN_FILE = "mlflow_run.json"
+MODEL_TAG = "model.sha256"  # ties a run to the model file it trained, wherever DVC restores that file
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder that owns the default tracking store: the main worktree of the git repository holding ``start``.
+
+    ``start`` (default: the current folder) may be a linked git worktree, or
+    lie under ``<root>/.dvc/tmp/``, where DVC runs queued experiments in fresh
+    repositories (``exps/``) and the review rebuilds a base revision
+    (``review/``): all of them log into ``<root>``'s store, where the runs of
+    the models DVC's run cache restores live. Outside git: ``start`` itself.
+    """
+    return _root((start or Path.cwd()).resolve())
+
+
+@cache
+def _root(here: Path) -> Path:
+    try:
+        common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=here,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        root = Path(common).parent if Path(common).name == ".git" else here
+    except (OSError, subprocess.CalledProcessError):
+        root = here
+    parts = root.parts
+    for i in range(len(parts) - 1):
+        if parts[i : i + 2] == (".dvc", "tmp"):
+            return Path(*parts[:i])
+    return root
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's ``mlflow.db`` (an absolute sqlite URI)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE}"
 
 
 def _mlflow():  # noqa: ANN202 - the module
@@ -32,8 +69,7 @@ def _mlflow():  # noqa: ANN202 - the module
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(tracking_uri())
     return mlflow
 
 
@@ -82,7 +118,7 @@ def _experiment_id(mlflow: Any, name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else ARTIFACTS.resolve().as_uri()
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / ARTIFACTS).as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
 
 
@@ -245,8 +281,54 @@ def save_run_id(folder: Path, run_id: str) -> None:
     (folder / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": _mlflow().get_tracking_uri()}) + "\n")
 
 
-def load_run_id(folder: Path) -> str:
-    return json.loads((folder / RUN_FILE).read_text())["run_id"]
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tag_model(run_id: str, model_file: Path) -> None:
+    """Tag the run with ``model_file``'s sha256 (:data:`MODEL_TAG`), so :func:`model_run` finds it from the file alone."""
+    _mlflow().MlflowClient().set_tag(run_id, MODEL_TAG, file_sha256(model_file))
+
+
+def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str]) -> str:
+    """The run that trained ``folder/model.keras``, in the current store; a new run when the store has none.
+
+    First the id train wrote into ``folder``; DVC may have restored the folder
+    from its cache or run cache, trained under another store (a fresh clone,
+    a CI cache, another tracking URI), so next the run of ``train@<variant>``
+    tagged with the model file's sha256; else a new run in the dataset's
+    experiment, with ``tags`` and the model's resolved config as params, and
+    one log line that says why.
+    """
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    stored = json.loads((folder / RUN_FILE).read_text())["run_id"] if (folder / RUN_FILE).exists() else None
+    if stored:
+        try:
+            return client.get_run(stored).info.run_id
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    sha = file_sha256(folder / "model.keras")
+    experiment = _experiment_id(mlflow, dataset)
+    found = client.search_runs([experiment], f"tags.`dvc.stage` = 'train@{variant}' and tags.`{MODEL_TAG}` = '{sha}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        log.info("%s: run %s is not in %s; logging into run %s, which trained the same model file",
+                 variant, stored, mlflow.get_tracking_uri(), found[0].info.run_id)
+        return found[0].info.run_id
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    run_id = start(variant, dataset, {**tags, "dvc.stage": f"train@{variant}", MODEL_TAG: sha, "model.restored": "true"}, config)
+    finish(run_id)  # like a train run: evaluate logs into it after it ended
+    log.info("%s: run %s is not in %s and no run there trained this model (restored by DVC); logging into new run %s",
+             variant, stored, mlflow.get_tracking_uri(), run_id)
+    return run_id
 
 
 if __name__ == "__main__":  # `python -m pipeline.tracking [BASE_URL]`: each experiment's runs-table URL (`make ui` prints them)

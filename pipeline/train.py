@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         files.write_json(tmp / "train_summary.json", {"train_seconds": seconds, "images_seen": seen, "images_per_s": seen / seconds, "epochs": len(history["loss"])})
         files.write_json(tmp / "class_weight.json", by_label)
         tracking.save_run_id(tmp, run_id)
+    tracking.tag_model(run_id, out / "model.keras")
     history_csv = paths.history(variant.name)
     history_csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(history_csv, index=False)

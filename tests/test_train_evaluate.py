@@ -258,3 +258,38 @@ def test_revision_follows_params_not_dvc_lock(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "params.yaml").write_text("a: 2\n")
     dirty = tracking.git_tags()
     assert dirty["git.dirty"] == "true" and dirty["pipeline.revision"].startswith(clean["pipeline.revision"] + "+")
+
+
+def test_evaluate_in_a_store_without_the_train_run(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Model folders restored by DVC (a fresh clone, a CI cache) name runs another store holds: evaluate goes on."""
+    import logging
+
+    import mlflow
+
+    from pipeline import evaluate, tracking
+
+    copy_project(trained, tmp_path, "data/prepared", "models", "reports/train")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
+        evaluate.main(["tiny_seq"])
+    stored = json.loads((tmp_path / "models/tiny_seq/mlflow_run.json").read_text())["run_id"]
+    lines = [r.getMessage() for r in caplog.records if "tiny_seq: run" in r.getMessage()]
+    assert len(lines) == 1 and f"run {stored} is not in {uri}" in lines[0] and "logging into new run" in lines[0]
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pets").experiment_id])
+    sha = tracking.file_sha256(tmp_path / "models/tiny_seq/model.keras")
+    assert run.info.run_id != stored and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.MODEL_TAG] == sha and run.data.tags["dvc.stage"] == "train@tiny_seq"
+    assert run.data.params["model"] == "cnn_sequential" and "test_accuracy" in run.data.metrics
+    # the next evaluate finds that run by the model file's sha256: no second run
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
+        evaluate.main(["tiny_seq"])
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert any(f"logging into run {run.info.run_id}, which trained the same model file" in r.getMessage() for r in caplog.records)
+    # the train run itself carries the tag
+    _, trained_run = _run(trained, "tiny_seq")
+    assert trained_run.data.tags[tracking.MODEL_TAG] == sha

@@ -1,0 +1,124 @@
+"""`make review` on a fresh clone, and queued experiments: every copy DVC makes logs into the project's one store.
+
+The real pipeline on the demo profile, in a temporary clone of this repository
+(its working tree included, committed in the clone), with two variants and a
+short pretrain so that it takes minutes, not the full run's seven.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("lenet5", "mlp_tabular")
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cwd: Path, *command: str, timeout: int = 900) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def edit(root: Path, change) -> None:  # noqa: ANN001 - a function of the parsed params
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    change(raw)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def runs(root: Path) -> list[tuple[str, str]]:
+    """(run name, stage tag) of every run in the clone's default store."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'dvc.stage'").fetchall()
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone at a small-variant base commit, then a commit that sets lenet5's learning rate 0.001 -> 0.003."""
+    root = tmp_path_factory.mktemp("fresh") / "clone"
+    sh(REPO, "git", "clone", "-q", str(REPO), str(root))
+    listed = sh(REPO, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    for name in filter(None, listed):  # the working tree under test, not only its last commit
+        src, dst = REPO / name, root / name
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        elif dst.exists():
+            dst.unlink()
+
+    def small(raw: dict) -> None:
+        raw["variants"] = {k: raw["variants"][k] for k in VARIANTS}
+        raw["pretrain"]["epochs"] = 2
+
+    edit(root, small)
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "small variant set")
+    edit(root, lambda raw: raw["variants"]["lenet5"].update(train={"learning_rate": 0.003}))
+    sh(root, "git", "commit", "-q", "-am", "lenet5 lr 0.003")
+    (root / ".venv").symlink_to(Path(sys.prefix))  # `make` finds its virtualenv set up
+    return root
+
+
+def test_make_review_on_a_fresh_clone(clone: Path) -> None:
+    start = time.perf_counter()
+    out = sh(clone, "make", "review", "BASE=HEAD~1")
+    first = time.perf_counter() - start
+    md = (clone / "reports/review.md").read_text()
+    assert "**1 of 2 variants changed**; 1 with param changes" in md, md[:2000]
+    assert "| `variants.lenet5.train.learning_rate` | 0.001 | 0.003 |" in md
+    assert "| `mlp_tabular` | houses | mape |" in md and "| same |" in md.split("| `mlp_tabular` |")[1].splitlines()[0]
+    assert "**Notes**" not in md
+    # head and base runs both landed in the clone's store; the base's evaluate found lenet5's new model's run... or made one
+    stages = [stage for _, stage in runs(clone)]
+    assert stages.count("train@lenet5") == 2 and stages.count("train@mlp_tabular") == 1, stages
+    before = runs(clone)
+    worktree_lock = next((clone / ".dvc/tmp/review").glob("*/dvc.lock")).read_bytes()
+
+    start = time.perf_counter()
+    out = sh(clone, "make", "review", "BASE=HEAD~1")
+    second = time.perf_counter() - start
+    assert "Running stage" not in out and runs(clone) == before  # nothing retrained, nothing re-evaluated
+    assert next((clone / ".dvc/tmp/review").glob("*/dvc.lock")).read_bytes() == worktree_lock
+    assert (clone / "reports/review.md").read_text() == md
+    print(f"make review on a fresh clone: first {first:.0f} s, second {second:.0f} s")
+
+
+def test_queued_experiments_log_into_the_project_store(clone: Path) -> None:
+    sh(clone, "dvc", "repro")  # the baseline the experiments start from (run by the test above, or here)
+    for rate in (0.002, 0.004):
+        sh(clone, "dvc", "exp", "run", "--queue", "-S", f"variants.lenet5.train.learning_rate={rate}")
+    sh(clone, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh(clone, "dvc", "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+    exps = json.loads(sh(clone, "dvc", "exp", "show", "--json"))
+    accuracies = set()
+    for baseline in exps:
+        for exp in baseline.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            rate = data["params"]["params.yaml"]["data"]["variants"]["lenet5"]["train"]["learning_rate"]
+            accuracies.add((rate, data["metrics"]["reports/metrics/lenet5.json"]["data"]["accuracy"]))
+    assert {rate for rate, _ in accuracies} == {0.002, 0.004}
+    with sqlite3.connect(clone / "mlflow.db") as db:
+        logged = db.execute(
+            "select p.value, m.value from runs r join params p on p.run_uuid = r.run_uuid and p.key = 'train.learning_rate' "
+            "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_accuracy' where r.name = 'lenet5'").fetchall()
+    assert {(float(rate), acc) for rate, acc in logged} >= accuracies  # the experiments' runs, evaluated, in the project's store

@@ -1,0 +1,54 @@
+"""The default tracking store belongs to the project, wherever DVC or git runs a stage of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env={**os.environ, **GIT_ENV})
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "params.yaml").write_text("x: 1\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    return root
+
+
+def test_worktrees_and_dvc_copies_share_the_project_store(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    review = repo / ".dvc/tmp/review/abc"  # the review's base rebuild: a linked git worktree
+    git(repo, "worktree", "add", "-q", "--detach", str(review), "HEAD")
+    queued = repo / ".dvc/tmp/exps/tmp1234"  # a queued experiment: DVC's fresh repository
+    queued.mkdir(parents=True)
+    git(queued, "init", "-q")
+    elsewhere = repo.parent / "linked"  # a linked worktree beside the project
+    git(repo, "worktree", "add", "-q", "--detach", str(elsewhere), "HEAD")
+    (repo / "sub").mkdir()
+    expected = f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    for folder in (repo, repo / "sub", review, queued, elsewhere):
+        monkeypatch.chdir(folder)
+        assert tracking.project_root() == repo.resolve(), folder
+        assert tracking.tracking_uri() == expected, folder
+
+
+def test_explicit_uri_wins_and_outside_git_the_folder_is_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp_path
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5001"
