@@ -1,7 +1,7 @@
 # `make run` and `make test` do all the set-up on a fresh machine (Python 3.11).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -12,16 +12,19 @@ export PYTHONHASHSEED := 0
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip==26.3
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: setup  ## the whole pipeline on the default (demo) profile
 	dvc repro
 
-test: setup  ## the test suite (tests needing ../shared/datasets skip without it)
+test: setup  ## lint, then the test suite (tests needing ../shared/datasets skip without it)
+	ruff check .
+	ruff format --check .
 	python -m pytest
 
 # `make bench [QUICK=1]`: every script in benchmarks/ (each prints its figures), gathered into reports/benchmarks.json

@@ -58,7 +58,12 @@ def extract_pets(dest: Path, per_class: int) -> dict[str, list[Path]]:
     with zipfile.ZipFile(PETS_ZIP) as archive:
         for name in sorted(archive.namelist(), key=lambda n: (n.count("/"), n)):
             parts = name.split("/")
-            if len(parts) != 3 or parts[1] not in found or len(found[parts[1]]) >= per_class or not parts[2].lower().endswith(".jpg"):
+            if (
+                len(parts) != 3
+                or parts[1] not in found
+                or len(found[parts[1]]) >= per_class
+                or not parts[2].lower().endswith(".jpg")
+            ):
                 continue
             data = archive.read(name)
             if _decodable(data):

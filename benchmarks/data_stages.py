@@ -39,7 +39,14 @@ sys.path.insert(0, str(REPO))
 
 
 def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
 
 
@@ -57,7 +64,11 @@ def make_project(root: Path, mirror: str) -> None:
 
     for item in ("pipeline", "dvc.yaml"):
         src = REPO / item
-        (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, root / item))
+        (
+            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, root / item)
+        )
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(profile="real", mirror=mirror)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -88,8 +99,8 @@ def commit_placeholders(root: Path) -> None:
 
 def decode_rate(raw: Path, workers: int) -> float:
     from pipeline.config import load
-    from pipeline.images import ImageLimits
-    from pipeline.validate import _relative_files, scan
+    from pipeline.data.images import ImageLimits
+    from pipeline.stages.validate import _relative_files, scan
 
     checks = load(raw.parents[2] / "params.yaml").validate
     limits = ImageLimits(checks.pets.min_side, checks.pets.max_side, checks.max_pixels)

@@ -10,7 +10,7 @@ on the machine hits both alike), after a warm-up epoch:
   150), batch_size=32, class_mode="binary")``;
 * the project: photos decoded and resized once into uint8 arrays as the
   prepare stage does (timed apart: a one-time cost, cached by DVC), then
-  ``pipeline.train.make_dataset`` with ``pipeline.augmentation.build`` of the
+  ``pipeline.stages.train.make_dataset`` with ``pipeline.training.augment_ops.build`` of the
   seed's policy, under op determinism as the train stage runs it.
 
 Both without augmentation too (context). Writes ``reports/benchmarks/input_pipeline.json``.
@@ -31,7 +31,9 @@ import numpy as np
 from common import extract_pets, quiet_env, write_figures
 
 SIZE, BATCH, PER_CLASS = 150, 32, 1000
-SEED_AUGMENT = dict(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2, horizontal_flip=True)
+SEED_AUGMENT = dict(
+    rotation_range=40, width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2, horizontal_flip=True
+)
 
 
 def seed_batches(folder: Path, augment: bool) -> Iterator:
@@ -44,7 +46,7 @@ def seed_batches(folder: Path, augment: bool) -> Iterator:
 
 def decode(photos: dict[str, list[Path]]) -> tuple[np.ndarray, np.ndarray, float]:
     """(uint8 images, 0/1 labels, seconds): the prepare stage's decode + squash-resize, in parallel."""
-    from pipeline.prepare import _decode_all, _load_pet
+    from pipeline.stages.prepare import _decode_all, _load_pet
 
     jobs = [(p, SIZE, "squash") for label in ("Cat", "Dog") for p in photos[label]]
     start = time.perf_counter()
@@ -56,11 +58,11 @@ def decode(photos: dict[str, list[Path]]) -> tuple[np.ndarray, np.ndarray, float
 
 def project_batches(images: np.ndarray, labels: np.ndarray, augment: bool) -> Iterator:
     """The train stage's input: ``make_dataset`` over the arrays (float32 as ``model_inputs`` gives)."""
-    from pipeline import augmentation
-    from pipeline.train import make_dataset
+    from pipeline.training import augment_ops
+    from pipeline.training.inputs import make_dataset
 
-    policy = augmentation.Policy(flip=True, rotation=40.0, translation=0.2, shear=0.2, zoom=0.2, fill_mode="nearest")
-    fn = augmentation.build(policy, None, None, 7) if augment else None
+    policy = augment_ops.Policy(flip=True, rotation=40.0, translation=0.2, shear=0.2, zoom=0.2, fill_mode="nearest")
+    fn = augment_ops.build(policy, None, None, 7) if augment else None
     return iter(make_dataset({"image": images.astype(np.float32)}, labels, BATCH, 42, fn))
 
 
@@ -108,25 +110,32 @@ def main() -> None:
         images, labels, decode_s = decode(photos)
         keras.utils.set_random_seed(42)
         tf.config.experimental.enable_op_determinism()  # as the train stage (ImageDataGenerator is NumPy: unaffected)
-        rates = compare({
-            "seed": lambda: seed_batches(folder, True),
-            "project": lambda: project_batches(images, labels, True),
-            "seed_no_augment": lambda: seed_batches(folder, False),
-            "project_no_augment": lambda: project_batches(images, labels, False),
-        }, len(images), args.epochs)
-    write_figures("input_pipeline", {
-        "input_pipeline_speedup_vs_imagedatagenerator": round(rates["project"] / rates["seed"], 2),
-        "project_images_per_s": round(rates["project"], 1),
-        "imagedatagenerator_images_per_s": round(rates["seed"], 1),
-        "project_no_augment_images_per_s": round(rates["project_no_augment"], 1),
-        "imagedatagenerator_no_augment_images_per_s": round(rates["seed_no_augment"], 1),
-        "photos": len(images),
-        "image_size": SIZE,
-        "batch_size": BATCH,
-        "timed_epochs": args.epochs,
-        "prepare_decode_s": round(decode_s, 2),
-        "prepare_decode_images_per_s": round(len(images) / decode_s, 1),
-    })
+        rates = compare(
+            {
+                "seed": lambda: seed_batches(folder, True),
+                "project": lambda: project_batches(images, labels, True),
+                "seed_no_augment": lambda: seed_batches(folder, False),
+                "project_no_augment": lambda: project_batches(images, labels, False),
+            },
+            len(images),
+            args.epochs,
+        )
+    write_figures(
+        "input_pipeline",
+        {
+            "input_pipeline_speedup_vs_imagedatagenerator": round(rates["project"] / rates["seed"], 2),
+            "project_images_per_s": round(rates["project"], 1),
+            "imagedatagenerator_images_per_s": round(rates["seed"], 1),
+            "project_no_augment_images_per_s": round(rates["project_no_augment"], 1),
+            "imagedatagenerator_no_augment_images_per_s": round(rates["seed_no_augment"], 1),
+            "photos": len(images),
+            "image_size": SIZE,
+            "batch_size": BATCH,
+            "timed_epochs": args.epochs,
+            "prepare_decode_s": round(decode_s, 2),
+            "prepare_decode_images_per_s": round(len(images) / decode_s, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ configuration (``train.py now``), the baseline to compare with.
 
 * matmul peak: best GFLOP/s of fp32 2048^2 and 4096^2 square matmuls (2 n^3 FLOPs);
 * training: the train stage's compile (optimizer, loss, accuracy + AUC from
-  ``pipeline.train``) fitting in-memory batches after a warm-up (tracing and
+  ``pipeline.stages.train``) fitting in-memory batches after a warm-up (tracing and
   XLA compilation excluded).
 
 FLOPs are counted from the built model: forward = 2 x MACs of every Conv2D and
@@ -38,6 +38,8 @@ from typing import Any
 
 from common import REPO, quiet_env, write_figures
 
+from pipeline.training import loop
+
 SIZE = 150
 FLOP_COUNTING = (
     "per image: forward = 2 x MACs of every Conv2D and Dense (same padding, 150 px); training step = forward"
@@ -46,22 +48,29 @@ FLOP_COUNTING = (
 )
 BASE: dict[str, Any] = {
     "name": "train.py now: determinism, no XLA, batch 32, channels_last",
-    "determinism": True, "jit": False, "batch": 32, "layout": "channels_last", "fused_adam": False,
+    "determinism": True,
+    "jit": False,
+    "batch": 32,
+    "layout": "channels_last",
+    "fused_adam": False,
 }
 # group (threads / environment of one process) -> the configurations compared in it, as changes to BASE
 GROUPS: list[dict[str, Any]] = [
-    {"name": "default threads", "configs": [
-        {"name": "no determinism", "determinism": False},
-        {"name": "XLA (jit_compile=True; Keras drops it under determinism)", "determinism": False, "jit": True},
-        {"name": "batch 64", "batch": 64},
-        {"name": "batch 128", "batch": 128},
-        {"name": "batch 256", "batch": 256},
-        {"name": "XLA, batch 128", "determinism": False, "jit": True, "batch": 128},
-        {"name": "channels_first", "layout": "channels_first"},
-        {"name": "fused Adam (ResourceApplyAdam)", "fused_adam": True},
-        {"name": "fused Adam, batch 256", "fused_adam": True, "batch": 256},
-        {"name": "train.py now, again (the noise between identical configurations)"},
-    ]},
+    {
+        "name": "default threads",
+        "configs": [
+            {"name": "no determinism", "determinism": False},
+            {"name": "XLA (jit_compile=True; Keras drops it under determinism)", "determinism": False, "jit": True},
+            {"name": "batch 64", "batch": 64},
+            {"name": "batch 128", "batch": 128},
+            {"name": "batch 256", "batch": 256},
+            {"name": "XLA, batch 128", "determinism": False, "jit": True, "batch": 128},
+            {"name": "channels_first", "layout": "channels_first"},
+            {"name": "fused Adam (ResourceApplyAdam)", "fused_adam": True},
+            {"name": "fused Adam, batch 256", "fused_adam": True, "batch": 256},
+            {"name": "train.py now, again (the noise between identical configurations)"},
+        ],
+    },
     {"name": "threads intra 2 / inter 1", "intra": 2, "inter": 1, "configs": []},
     {"name": "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)", "env": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "configs": []},
 ]
@@ -126,10 +135,16 @@ def fused_adam(adam: Any) -> Any:
             dtype, i = variable.dtype, self._get_variable_index(variable)
             step = tf.cast(self.iterations + 1, dtype)
             tf.raw_ops.ResourceApplyAdam(
-                var=variable.handle, m=self._momentums[i].value.handle, v=self._velocities[i].value.handle,
-                beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step), beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
-                lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
-                epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype),
+                var=variable.handle,
+                m=self._momentums[i].value.handle,
+                v=self._velocities[i].value.handle,
+                beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+                beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+                lr=tf.cast(learning_rate, dtype),
+                beta1=tf.cast(self.beta_1, dtype),
+                beta2=tf.cast(self.beta_2, dtype),
+                epsilon=tf.cast(self.epsilon, dtype),
+                grad=tf.cast(gradient, dtype),
             )
 
     return FusedAdam.from_config(adam.get_config())
@@ -146,7 +161,7 @@ def build_model(cfg: dict[str, Any]) -> Any:
     """
     import keras
 
-    from pipeline import config, train
+    from pipeline import config
     from pipeline.models import pets, registry
 
     train_cfg = config.load(REPO / "params.yaml").variants["cnn_functional"].train
@@ -161,8 +176,8 @@ def build_model(cfg: dict[str, Any]) -> Any:
             model = keras.Model({"image": image}, x)
         finally:
             keras.config.set_image_data_format("channels_last")
-    loss, metrics = train.loss_and_metrics("binary_classification", train_cfg)
-    optimizer = train.optimizer(train_cfg, 10)
+    loss, metrics = loop.loss_and_metrics("binary_classification", train_cfg)
+    optimizer = loop.optimizer(train_cfg, 10)
     if cfg["fused_adam"]:
         optimizer = fused_adam(optimizer)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=cfg["jit"])
@@ -224,10 +239,16 @@ def result(cfg: dict[str, Any], model: Any, rate: float, peak: float, group: dic
     """One configuration's figures (``mfu`` is filled in later, against the run's best peak)."""
     forward, step = train_flops(layer_macs(model))
     return {
-        **cfg, "name": cfg["name"] if cfg is not BASE else f"{cfg['name']}, {group['name']}", "group": group["name"],
-        "jit_effective": bool(model.jit_compile), "images_per_s": round(rate, 2), "train_gflops": round(rate * step / 1e9, 2),
-        "group_matmul_gflops": round(peak, 1), "mfu_vs_group_peak": round(rate * step / 1e9 / peak, 3),
-        "forward_gflop_per_image": round(forward / 1e9, 4), "train_gflop_per_image": round(step / 1e9, 4),
+        **cfg,
+        "name": cfg["name"] if cfg is not BASE else f"{cfg['name']}, {group['name']}",
+        "group": group["name"],
+        "jit_effective": bool(model.jit_compile),
+        "images_per_s": round(rate, 2),
+        "train_gflops": round(rate * step / 1e9, 2),
+        "group_matmul_gflops": round(peak, 1),
+        "mfu_vs_group_peak": round(rate * step / 1e9 / peak, 3),
+        "forward_gflop_per_image": round(forward / 1e9, 4),
+        "train_gflop_per_image": round(step / 1e9, 4),
     }
 
 
@@ -239,7 +260,11 @@ def run_group(group: dict[str, Any], steps: int, rounds: int) -> list[dict[str, 
         sys.exit(f"group {group['name']!r} failed:\n{done.stderr[-3000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for r in results:
-        print(f"  {r['name']:82s} {r['images_per_s']:6.1f} img/s {r['train_gflops']:6.1f} GFLOP/s  (matmul {r['group_matmul_gflops']:6.1f})", flush=True)
+        print(
+            f"  {r['name']:82s} {r['images_per_s']:6.1f} img/s {r['train_gflops']:6.1f} GFLOP/s"
+            f"  (matmul {r['group_matmul_gflops']:6.1f})",
+            flush=True,
+        )
     return results
 
 
@@ -261,17 +286,21 @@ def main() -> None:
     print(f"  matmul peak of the run: {peak} GFLOP/s; MFU per configuration:")
     for r in results:
         print(f"    {r['mfu']:.3f}  {r['name']}")
-    write_figures("mfu", {
-        "mfu": now["mfu"],
-        "mfu_config": now["name"],
-        "mfu_best": best["mfu"],
-        "mfu_best_config": best["name"],
-        "images_per_s": now["images_per_s"],
-        "matmul_peak_gflops": peak,
-        "train_gflop_per_image": now["train_gflop_per_image"],
-        "forward_gflop_per_image": now["forward_gflop_per_image"],
-        "image_size": SIZE,
-    }, details={"flop_counting": FLOP_COUNTING, "configs": results})
+    write_figures(
+        "mfu",
+        {
+            "mfu": now["mfu"],
+            "mfu_config": now["name"],
+            "mfu_best": best["mfu"],
+            "mfu_best_config": best["name"],
+            "images_per_s": now["images_per_s"],
+            "matmul_peak_gflops": peak,
+            "train_gflop_per_image": now["train_gflop_per_image"],
+            "forward_gflop_per_image": now["forward_gflop_per_image"],
+            "image_size": SIZE,
+        },
+        details={"flop_counting": FLOP_COUNTING, "configs": results},
+    )
 
 
 if __name__ == "__main__":

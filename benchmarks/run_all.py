@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from common import OUT, REPO, machine, quiet_env
@@ -51,7 +51,7 @@ def load(name: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    data["_written"] = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    data["_written"] = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
     return data
 
 
@@ -62,9 +62,14 @@ def collect(status: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
         data = load(name) if status[name] in ("ok", "skipped") else None
         for figure, key in keys.items():
             figures[figure] = data.get(key) if data else None
-            details[figure] = {"script": f"benchmarks/{name}.py", "status": "reused" if data and status[name] == "skipped" else status[name]}
+            details[figure] = {
+                "script": f"benchmarks/{name}.py",
+                "status": "reused" if data and status[name] == "skipped" else status[name],
+            }
             if data:
-                details[figure].update(machine=data.get("machine"), written=data["_written"], json=f"reports/benchmarks/{name}.json")
+                details[figure].update(
+                    machine=data.get("machine"), written=data["_written"], json=f"reports/benchmarks/{name}.json"
+                )
     return figures, details
 
 
@@ -79,11 +84,16 @@ def table(figures: dict[str, Any], goals: dict[str, Any], details: dict[str, Any
     for key, value in figures.items():
         goal = goals.get(key)
         where = details[key].get("machine") or {}
-        rows.append((
-            key, "-" if value is None else str(value), f">= {goal['min']}" if goal else "",
-            "" if not goal or goal["met"] is None else ("yes" if goal["met"] else "NO"),
-            details[key]["status"], f"{where.get('cores', '?')} cores, {where.get('cpu', '?')}" if where else "",
-        ))
+        rows.append(
+            (
+                key,
+                "-" if value is None else str(value),
+                f">= {goal['min']}" if goal else "",
+                "" if not goal or goal["met"] is None else ("yes" if goal["met"] else "NO"),
+                details[key]["status"],
+                f"{where.get('cores', '?')} cores, {where.get('cpu', '?')}" if where else "",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -91,7 +101,9 @@ def table(figures: dict[str, Any], goals: dict[str, Any], details: dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-demo", action="store_true", help="skip stage_times.py (demo dvc repro from clean, ~7 min)")
-    parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), help="run only these scripts (the others' figures are reused)")
+    parser.add_argument(
+        "--only", nargs="+", choices=list(SCRIPTS), help="run only these scripts (the others' figures are reused)"
+    )
     args = parser.parse_args()
     quiet_env()
     wanted = [n for n in SCRIPTS if (args.only is None or n in args.only) and not (args.skip_demo and n == "stage_times")]
@@ -105,7 +117,13 @@ def main() -> None:
     figures, details = collect(status)
     goals = targets(figures)
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"machine": machine(), "figures": figures, "targets": goals, "details": details, "script_seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    summary = {
+        "machine": machine(),
+        "figures": figures,
+        "targets": goals,
+        "details": details,
+        "script_seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
     SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{table(figures, goals, details)}\nwritten to {SUMMARY.relative_to(REPO)}")
     if "failed" in status.values():

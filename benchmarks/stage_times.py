@@ -44,7 +44,9 @@ def main() -> None:
         for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
             subprocess.run(cmd, cwd=root, check=True)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-        stages = subprocess.run(["dvc", "stage", "list", "--names-only"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+        stages = subprocess.run(
+            ["dvc", "stage", "list", "--names-only"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.split()
         times = {}
         for stage in stages:
             times[stage] = round(run(["dvc", "repro", "--single-item", stage], root), 2)
@@ -54,7 +56,10 @@ def main() -> None:
     print(f"{'total (from clean)':28s} {total:8.1f} s\n{'no-op dvc repro':28s} {noop:8.2f} s")
     out = REPO / "reports/benchmarks/stage_times.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "profile": "demo", "stages_s": times, "total_s": total, "noop_repro_s": noop}, indent=2) + "\n")
+    out.write_text(
+        json.dumps({"machine": machine(), "profile": "demo", "stages_s": times, "total_s": total, "noop_repro_s": noop}, indent=2)
+        + "\n"
+    )
     print(f"written to {out.relative_to(REPO)}")
 
 

@@ -5,10 +5,10 @@ prepare stage does; random pixels, balanced labels) and measures, side by
 side in this run, alternating (so that other load on the machine hits both
 alike), each from a freshly built model:
 
-* the stage: ``pipeline.train.fit`` of the ``cnn_functional`` variant (the
+* the stage: ``pipeline.stages.train.fit`` of the ``cnn_functional`` variant (the
   seed CNN) with its tf.data input, class weights, callbacks, op determinism
   and MLflow per-epoch logging into a temporary sqlite store;
-* bare: the same model and compile (``pipeline.train`` optimizer, loss,
+* bare: the same model and compile (``pipeline.stages.train`` optimizer, loss,
   metrics) on in-memory NumPy arrays, ``model.fit(x, y, validation_data=...)``,
   no callbacks, no determinism.
 
@@ -36,29 +36,44 @@ import numpy as np
 import pandas as pd
 from common import REPO, quiet_env, write_figures
 
+from pipeline.training import inputs, loop
+
 TRAIN, VAL, VARIANT = 512, 128, "cnn_functional"
 
 
 def write_prepared(root: Path, size: int) -> Path:
     """A prepared pets dataset of TRAIN + VAL random images under ``root/prepared``."""
-    from pipeline.prepare import write_shards
+    from pipeline.stages.prepare import write_shards
 
     out = root / "prepared"
     out.mkdir(parents=True)
     n = TRAIN + VAL
     rng = np.random.default_rng(0)
     labels = np.arange(n) % 2
-    index = pd.DataFrame({"path": [f"img{i}.jpg" for i in range(n)], "label": np.where(labels, "Dog", "Cat"), "label_index": labels, "split": ["train"] * TRAIN + ["val"] * VAL})
+    index = pd.DataFrame(
+        {
+            "path": [f"img{i}.jpg" for i in range(n)],
+            "label": np.where(labels, "Dog", "Cat"),
+            "label_index": labels,
+            "split": ["train"] * TRAIN + ["val"] * VAL,
+        }
+    )
     arrays = list(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
     write_shards(out, index, arrays, 1024).to_parquet(out / "index.parquet")
-    (out / "meta.json").write_text(json.dumps({"task": "binary_classification", "image_size": size, "resize": "squash", "classes": ["Cat", "Dog"]}))
+    (out / "meta.json").write_text(
+        json.dumps({"task": "binary_classification", "image_size": size, "resize": "squash", "classes": ["Cat", "Dog"]})
+    )
     return out
 
 
 def stats() -> dict[str, Any]:
     """The stats artifact's fields that ``fit`` reads (identity PCA: augmentation is off for this variant)."""
     image = {"mean": [127.5] * 3, "variance": [5418.75] * 3, "pca_eigenvalues": [1.0] * 3, "pca_eigenvectors": np.eye(3).tolist()}
-    return {"image": image, "classes": ["Cat", "Dog"], "class_weights": {"balanced": {"Cat": 1.0, "Dog": 1.0}, "inverse": {"Cat": 2.0, "Dog": 2.0}}}
+    return {
+        "image": image,
+        "classes": ["Cat", "Dog"],
+        "class_weights": {"balanced": {"Cat": 1.0, "Dog": 1.0}, "inverse": {"Cat": 2.0, "Dog": 2.0}},
+    }
 
 
 def variant(epochs: int) -> Any:
@@ -70,12 +85,13 @@ def variant(epochs: int) -> Any:
 
 
 def stage_rate(v: Any, prepared: Path) -> float:
-    """images/s of ``pipeline.train.fit`` with an MLflow run, as the train stage calls it."""
-    from pipeline import shards, tracking, train
+    """images/s of ``pipeline.stages.train.fit`` with an MLflow run, as the train stage calls it."""
+    from pipeline import tracking
+    from pipeline.data import shards
 
     run_id = tracking.start(v.name, v.dataset, {"benchmark": "train_loop"}, {"variant": v.name})
     with contextlib.redirect_stdout(io.StringIO()):  # fit's verbose=2 epoch lines
-        _, _, seconds, seen = train.fit(v, shards.meta(prepared), stats(), prepared, {}, run_id)
+        _, _, seconds, seen = loop.fit(v, shards.meta(prepared), stats(), prepared, {}, run_id)
     tracking.finish(run_id)
     return seen / seconds
 
@@ -85,18 +101,18 @@ def bare_rate(v: Any, prepared: Path) -> float:
     import keras
     from tensorflow.python.framework import config as tf_config
 
-    from pipeline import shards, train
+    from pipeline.data import shards
     from pipeline.models import registry
 
     tf_config.disable_op_determinism()  # fit() switched it on for the whole process
     keras.utils.set_random_seed(v.train.seed)
     (train_idx, train_img), (val_idx, val_img) = (shards.load_split(prepared, s) for s in ("train", "val"))
     meta = shards.meta(prepared)
-    model = registry.build(VARIANT, train.model_spec(v, meta, stats()))
-    loss, metrics = train.loss_and_metrics(meta["task"], v.train)
-    model.compile(optimizer=train.optimizer(v.train, -(-TRAIN // v.train.batch_size)), loss=loss, metrics=metrics)
-    x, y = {"image": train_img.astype(np.float32)}, train.targets(meta, train_idx)
-    val = ({"image": val_img.astype(np.float32)}, train.targets(meta, val_idx))
+    model = registry.build(VARIANT, loop.model_spec(v, meta, stats()))
+    loss, metrics = loop.loss_and_metrics(meta["task"], v.train)
+    model.compile(optimizer=loop.optimizer(v.train, -(-TRAIN // v.train.batch_size)), loss=loss, metrics=metrics)
+    x, y = {"image": train_img.astype(np.float32)}, inputs.targets(meta, train_idx)
+    val = ({"image": val_img.astype(np.float32)}, inputs.targets(meta, val_idx))
     start = time.perf_counter()
     model.fit(x, y, batch_size=v.train.batch_size, epochs=v.train.epochs, validation_data=val, verbose=0)
     return TRAIN * v.train.epochs / (time.perf_counter() - start)
@@ -136,18 +152,21 @@ def main() -> None:
             stage.append(stage_rate(v, prepared))
             print(f"  bare model.fit {bare[-1]:7.1f} img/s   train.fit {stage[-1]:7.1f} img/s", flush=True)
         log_s = log_metrics_s()
-    write_figures("train_loop", {
-        "train_throughput_ratio_vs_bare_fit": round(max(stage) / max(bare), 3),
-        "train_fit_images_per_s": round(max(stage), 1),
-        "bare_fit_images_per_s": round(max(bare), 1),
-        "runs_images_per_s": {"bare": [round(r, 1) for r in bare], "train.fit": [round(r, 1) for r in stage]},
-        "mlflow_log_metrics_s": round(log_s, 4),
-        "image_size": size,
-        "batch_size": v.train.batch_size,
-        "train_images": TRAIN,
-        "val_images": VAL,
-        "epochs": args.epochs,
-    })
+    write_figures(
+        "train_loop",
+        {
+            "train_throughput_ratio_vs_bare_fit": round(max(stage) / max(bare), 3),
+            "train_fit_images_per_s": round(max(stage), 1),
+            "bare_fit_images_per_s": round(max(bare), 1),
+            "runs_images_per_s": {"bare": [round(r, 1) for r in bare], "train.fit": [round(r, 1) for r in stage]},
+            "mlflow_log_metrics_s": round(log_s, 4),
+            "image_size": size,
+            "batch_size": v.train.batch_size,
+            "train_images": TRAIN,
+            "val_images": VAL,
+            "epochs": args.epochs,
+        },
+    )
 
 
 if __name__ == "__main__":

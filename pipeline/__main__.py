@@ -19,11 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
     # Import lazily: a stage that does not train must not pay for TensorFlow.
-    module = importlib.import_module(f"pipeline.{argv[0]}")
+    name = f"pipeline.{argv[0]}" if argv[0] == "predict" else f"pipeline.stages.{argv[0]}"  # predict serves; it is no stage
+    module = importlib.import_module(name)
     try:
         module.main(argv[1:])
     except PipelineError as exc:
-        logging.getLogger(f"pipeline.{argv[0]}").error("%s", exc)
+        logging.getLogger(name).error("%s", exc)
         return 1
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import PipelineError
+from pipeline.models.backbones import PREPROCESSING
 
 DATASETS: tuple[str, ...] = ("pets", "houses")
 PROFILES: tuple[str, ...] = ("demo", "real")
@@ -326,7 +327,7 @@ _POLICY_FRACTIONS = ("translation", "shear", "zoom", "brightness", "contrast", "
 class AugmentConfig:
     seed: int
     preview: int
-    policy: dict[str, Any]  # keyword arguments of pipeline.augmentation.Policy
+    policy: dict[str, Any]  # keyword arguments of pipeline.training.augment_ops.Policy
 
 
 def _augment(d: Any) -> AugmentConfig:
@@ -358,8 +359,21 @@ SCHEDULES: tuple[str, ...] = ("constant", "inverse_time", "step", "cosine")
 LOSSES: tuple[str, ...] = ("auto", "binary_crossentropy", "mse", "mae", "mape")
 CLASS_WEIGHTS: tuple[str, ...] = ("balanced", "inverse", "none")
 TRAIN_KEYS: tuple[str, ...] = (
-    "seed", "epochs", "batch_size", "optimizer", "learning_rate", "schedule", "decay", "warmup",
-    "weight_decay", "loss", "label_smoothing", "class_weight", "early_stopping", "mixup", "cutmix",
+    "seed",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "schedule",
+    "decay",
+    "warmup",
+    "weight_decay",
+    "loss",
+    "label_smoothing",
+    "class_weight",
+    "early_stopping",
+    "mixup",
+    "cutmix",
 )
 
 
@@ -380,7 +394,7 @@ class TrainConfig:
     label_smoothing: float
     class_weight: str | dict[str, float]  # a CLASS_WEIGHTS name or an explicit weight per class
     early_stopping: int
-    mixup: float  # Beta(alpha, alpha) of MixUp, 0 = off (pipeline.augmentation.mix_batch)
+    mixup: float  # Beta(alpha, alpha) of MixUp, 0 = off (pipeline.training.augment_ops.mix_batch)
     cutmix: float  # the same for CutMix
 
 
@@ -401,7 +415,9 @@ def _train(d: Any, where: str) -> TrainConfig:
     schedule = _choice(d["schedule"], f"{where}.schedule", SCHEDULES)
     warmup = _number(d["warmup"], f"{where}.warmup", 0, integer=True)
     if warmup >= epochs:
-        raise ConfigError(f"{where}.warmup: {warmup} epochs of warmup leave none of the {epochs} epochs to train at the learning rate")
+        raise ConfigError(
+            f"{where}.warmup: {warmup} epochs of warmup leave none of the {epochs} epochs to train at the learning rate"
+        )
     if warmup and schedule not in WARMUP_SCHEDULES:
         raise ConfigError(f"{where}.warmup: a warmup ramps into schedule {' or '.join(WARMUP_SCHEDULES)}, not {schedule!r}")
     return TrainConfig(
@@ -478,13 +494,7 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
 # --------------------------------------------------------------------------- pretrain / transfer (transfer learning)
 
 BACKBONES: tuple[str, ...] = ("pretrain", "imagenet", "file")
-# keras.applications backbones pipeline.pretrain knows the input scaling of
-APPLICATIONS: tuple[str, ...] = (
-    "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
-    "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
-    "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
-    "ResNet50", "ResNet50V2", "VGG16", "VGG19", "Xception", "DenseNet121", "ConvNeXtTiny",
-)
+APPLICATIONS: tuple[str, ...] = tuple(PREPROCESSING)  # the keras.applications backbones whose input scaling is known
 PRETRAIN_KEYS: tuple[str, ...] = ("seed", "epochs", "batch_size", "learning_rate", "width", "val_fraction", "image_size")
 
 
@@ -530,8 +540,13 @@ def _transfer(d: Any) -> TransferConfig:
     if weights is not None:
         _text(weights, "transfer.weights")
     elif backbone == "file":
-        raise ConfigError("transfer.weights: required when transfer.backbone is file (a weights file of transfer.application, or a .keras backbone)")
-    return TransferConfig(backbone=backbone, application=_choice(d["application"], "transfer.application", APPLICATIONS), weights=weights)
+        raise ConfigError(
+            "transfer.weights: required when transfer.backbone is file"
+            " (a weights file of transfer.application, or a .keras backbone)"
+        )
+    return TransferConfig(
+        backbone=backbone, application=_choice(d["application"], "transfer.application", APPLICATIONS), weights=weights
+    )
 
 
 # --------------------------------------------------------------------------- review (python -m pipeline report --base)

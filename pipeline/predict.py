@@ -4,7 +4,7 @@
 
 * pets (classification): each PATH is an image file or a folder (searched
   recursively, every file whatever its extension). Every file is decoded with
-  the training preprocessing (:func:`pipeline.images.load` at the prepared
+  the training preprocessing (:func:`pipeline.data.images.load` at the prepared
   data's ``image_size`` and ``resize`` mode); the output gives the predicted
   class and the probability of each class.
 * houses (regression): each PATH is a ``HousesInfo.txt``-style file (lines
@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import files, paths, shards
+from pipeline import files, paths
 from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS
+from pipeline.data import shards
+from pipeline.data.images import load, montage
 from pipeline.errors import PipelineError
-from pipeline.images import load, montage
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def preprocessing(config: dict[str, Any], meta: dict[str, Any] | None) -> tuple[
     if "resize" in config:
         return size, str(config["resize"])
     if meta is None:
-        raise PipelineError(f"{paths.prepared(config['dataset'])}/meta.json: not found; it holds the resize mode the variant was trained with")
+        raise PipelineError(
+            f"{paths.prepared(config['dataset'])}/meta.json: not found; it holds the resize mode the variant was trained with"
+        )
     if int(meta["image_size"]) != size:
         raise PipelineError(
             f"{paths.prepared(config['dataset'])}/meta.json: image_size {meta['image_size']} differs from the "
@@ -239,7 +242,9 @@ def collect_houses(args: list[str], needs_photos: bool) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_arrays(model: Any, inputs: tuple[str, ...], table: pd.DataFrame, images: np.ndarray | None, batch_size: int = 64) -> np.ndarray:
+def predict_arrays(
+    model: Any, inputs: tuple[str, ...], table: pd.DataFrame, images: np.ndarray | None, batch_size: int = 64
+) -> np.ndarray:
     """The model's output ``[n]`` for ``n`` examples, fed exactly as evaluation feeds the test split.
 
     ``table`` holds the house attributes (``bedrooms``, ``bathrooms``, ``area``,
@@ -247,7 +252,7 @@ def predict_arrays(model: Any, inputs: tuple[str, ...], table: pd.DataFrame, ima
     """
     import keras
 
-    from pipeline.train import make_dataset, model_inputs
+    from pipeline.training.inputs import make_dataset, model_inputs
 
     n = len(table) if images is None else len(images)
     x = model_inputs(inputs, table, images)  # only the inputs this model takes
@@ -262,7 +267,9 @@ def _chunks(n: int) -> list[slice]:
 def predict_pets(served: Served, args: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
     """One row per file: path, predicted class, probability of each class, or error."""
     if not (served.classes and len(served.classes) == 2):
-        raise PipelineError(f"models/{served.name}/config.json: expected 2 classes for a binary classifier, got {served.classes!r}")
+        raise PipelineError(
+            f"models/{served.name}/config.json: expected 2 classes for a binary classifier, got {served.classes!r}"
+        )
     neg, pos = served.classes
     entries = collect_files(args)
     rows = [{"path": shown, "predicted": None, "probabilities": None, "error": error} for shown, _, error in entries]
@@ -289,7 +296,14 @@ def predict_houses(served: Served, args: list[str], batch_size: int = 64) -> lis
     needs_photos = "image" in served.inputs
     houses = collect_houses(args, needs_photos)
     rows = [
-        {"source": h["source"], "house_id": h["house_id"], "predicted_price": None, "price": h.get("price"), "ape": None, "error": h["error"]}
+        {
+            "source": h["source"],
+            "house_id": h["house_id"],
+            "predicted_price": None,
+            "price": h.get("price"),
+            "ape": None,
+            "error": h["error"],
+        }
         for h in houses
     ]
     todo = [i for i, h in enumerate(houses) if h["error"] is None]
@@ -323,7 +337,12 @@ def table_rows(task: str, classes: list[str] | None, rows: list[dict[str, Any]])
         assert classes is not None
         header = ["path", "predicted", *(f"p({c})" for c in classes), "error"]
         cells = [
-            [r["path"], r["predicted"] or "-", *(f"{r['probabilities'][c]:.4f}" if r["probabilities"] else "-" for c in classes), r["error"] or ""]
+            [
+                r["path"],
+                r["predicted"] or "-",
+                *(f"{r['probabilities'][c]:.4f}" if r["probabilities"] else "-" for c in classes),
+                r["error"] or "",
+            ]
             for r in rows
         ]
         return header, cells

@@ -47,8 +47,13 @@ def project_root(start: Path | None = None) -> Path:
 @cache
 def _root(here: Path) -> Path:
     try:
-        common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=here,
-                                capture_output=True, text=True, check=True).stdout.strip()
+        common = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         root = Path(common).parent if Path(common).name == ".git" else here
     except (OSError, subprocess.CalledProcessError):
         root = here
@@ -97,7 +102,9 @@ def git_tags() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         # dvc.lock and .gitignore files change while `dvc repro` runs; they are not the state it runs
-        diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":!dvc.lock", ":!.gitignore", ":!**/.gitignore"], capture_output=True, check=True).stdout
+        diff = subprocess.run(
+            ["git", "diff", "HEAD", "--", ".", ":!dvc.lock", ":!.gitignore", ":!**/.gitignore"], capture_output=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return {"git.commit": "unknown", "git.dirty": "unknown", "pipeline.revision": "unknown"}
     revision = commit[:12] + (f"+{hashlib.sha256(diff).hexdigest()[:8]}" if diff else "")
@@ -129,7 +136,11 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
 
     client = mlflow.MlflowClient()
     run_id = client.create_run(_experiment_id(mlflow, dataset), run_name=variant).info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()], tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
     log.info("MLflow run %s (%s / %s) at %s", run_id, dataset, variant, mlflow.get_tracking_uri())
     return run_id
 
@@ -214,7 +225,7 @@ def log_model(run_id: str, model: Any, example: Mapping[str, Any], output: Any, 
     serving check is not run: Keras's ``predict`` cannot take NumPy string
     arrays (the zip codes), the pipeline feeds them through ``tf.data``.
     """
-    mlflow = _mlflow()
+    _mlflow()  # the tracking URI
     import tempfile
 
     import mlflow.keras
@@ -228,7 +239,11 @@ def log_model(run_id: str, model: Any, example: Mapping[str, Any], output: Any, 
         path = Path(tmp) / folder
         path.mkdir()
         mlflow.keras.save_model(
-            model, str(path), mlflow_model=info, signature=signature(example, output), input_example=dict(example),
+            model,
+            str(path),
+            mlflow_model=info,
+            signature=signature(example, output),
+            input_example=dict(example),
             pip_requirements=_pinned("keras") + _pinned("tensorflow", "tensorflow-cpu"),
         )
         client.log_artifacts(run_id, str(path), folder)
@@ -257,8 +272,13 @@ def set_runs_view(run_id: str, metric: str, higher_is_better: bool) -> None:
     client = mlflow.MlflowClient()
     column = f"metrics.`{metric}`"
     columns = ["attributes.`Models`", column]  # columnOrder: the UI applies columnWidths only to the columns it orders
-    view = {"selectedColumns": columns, "columnOrder": columns, "columnWidths": {column: 160},
-            "orderByKey": column, "orderByAsc": not higher_is_better}
+    view = {
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "columnWidths": {column: 160},
+        "orderByKey": column,
+        "orderByAsc": not higher_is_better,
+    }
     client.set_experiment_tag(client.get_run(run_id).info.experiment_id, VIEW_TAG, json.dumps(view))
 
 
@@ -317,17 +337,31 @@ def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str])
                 raise
     sha = file_sha256(folder / "model.keras")
     experiment = _experiment_id(mlflow, dataset)
-    found = client.search_runs([experiment], f"tags.`dvc.stage` = 'train@{variant}' and tags.`{MODEL_TAG}` = '{sha}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
+    found = client.search_runs(
+        [experiment],
+        f"tags.`dvc.stage` = 'train@{variant}' and tags.`{MODEL_TAG}` = '{sha}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if found:
-        log.info("%s: run %s is not in %s; logging into run %s, which trained the same model file",
-                 variant, stored, mlflow.get_tracking_uri(), found[0].info.run_id)
+        log.info(
+            "%s: run %s is not in %s; logging into run %s, which trained the same model file",
+            variant,
+            stored,
+            mlflow.get_tracking_uri(),
+            found[0].info.run_id,
+        )
         return found[0].info.run_id
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     run_id = start(variant, dataset, {**tags, "dvc.stage": f"train@{variant}", MODEL_TAG: sha, "model.restored": "true"}, config)
     finish(run_id)  # like a train run: evaluate logs into it after it ended
-    log.info("%s: run %s is not in %s and no run there trained this model (restored by DVC); logging into new run %s",
-             variant, stored, mlflow.get_tracking_uri(), run_id)
+    log.info(
+        "%s: run %s is not in %s and no run there trained this model (restored by DVC); logging into new run %s",
+        variant,
+        stored,
+        mlflow.get_tracking_uri(),
+        run_id,
+    )
     return run_id
 
 

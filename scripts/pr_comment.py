@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--base", metavar="REV", help="write the report against this git revision")
     source.add_argument("--body", type=Path, metavar="FILE", help="post this Markdown file as it is")
     parser.add_argument("--head", metavar="EXP", help="an experiment or revision instead of the workspace (with --base)")
-    parser.add_argument("--output", type=Path, default=Path("reports/review.md"), help="where the Markdown report goes (default: %(default)s)")
-    parser.add_argument("--rebuild-base", action="store_true", help="reproduce the base's outputs when the DVC cache lacks them (with --base)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("reports/review.md"), help="where the Markdown report goes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rebuild-base", action="store_true", help="reproduce the base's outputs when the DVC cache lacks them (with --base)"
+    )
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write the HTML report (plots embedded) there")
     parser.add_argument("--dry-run", action="store_true", help="print the comment body; call no API")
     parser.add_argument("--pr", type=int, help="pull request number (default: from GITHUB_EVENT_PATH)")

@@ -38,6 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import data_stages  # noqa: E402 - the loopback server and the machine description the benchmarks use
+
 WORKSPACE = REPO / "results" / "workspace"
 RESULTS_JSON = REPO / "reports" / "results.json"
 RESULTS_MD = REPO / "reports" / "results.md"
@@ -67,7 +68,12 @@ def load_plan(path: Path) -> Plan:
         got = sorted(raw) if isinstance(raw, Mapping) else raw
         raise ResultsError(f"{path}: expected exactly the keys {', '.join(PLAN_KEYS)}, got {got}")
     seeds = raw["houses_split_seeds"]
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and len(set(seeds)) == len(seeds)):
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
         raise ResultsError(f"{path}: houses_split_seeds: expected a non-empty list of distinct integers, got {seeds!r}")
     port = raw["port"]
     if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
@@ -81,7 +87,9 @@ def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]
     """``overlay`` deep-merged over ``base`` (mappings merge, everything else replaces)."""
     out = copy.deepcopy(dict(base))
     for key, value in overlay.items():
-        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else copy.deepcopy(value)
+        out[key] = (
+            merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else copy.deepcopy(value)
+        )
     return out
 
 
@@ -112,7 +120,9 @@ def serve(folder: Path, port: int) -> ThreadingHTTPServer:
     try:
         return data_stages.serve(folder, port)[0]
     except OSError as exc:
-        raise ResultsError(f"results.yaml: port {port}: cannot serve the mirror on 127.0.0.1 ({exc.strerror}); pick a free port") from None
+        raise ResultsError(
+            f"results.yaml: port {port}: cannot serve the mirror on 127.0.0.1 ({exc.strerror}); pick a free port"
+        ) from None
 
 
 def prepare_workspace(root: Path) -> None:
@@ -122,7 +132,12 @@ def prepare_workspace(root: Path) -> None:
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     if not (root / ".dvc").exists():
-        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"], ["dvc", "config", "cache.dir", str(REPO / ".dvc" / "cache")]):
+        for cmd in (
+            ["git", "init", "-q"],
+            ["dvc", "init", "-q"],
+            ["dvc", "config", "core.analytics", "false"],
+            ["dvc", "config", "cache.dir", str(REPO / ".dvc" / "cache")],
+        ):
             subprocess.run(cmd, cwd=root, check=True)
 
 
@@ -157,7 +172,13 @@ def pets_figures(root: Path, name: str) -> dict[str, Any]:
     """Test accuracy, image-passes (epochs x train images, fine-tuning included) and training seconds."""
     metrics = _json(root / "reports" / "metrics" / f"{name}.json")
     summary = _json(root / "models" / name / "train_summary.json")
-    out = {"test_accuracy": metrics["accuracy"], "roc_auc": metrics.get("roc_auc"), "image_passes": summary["images_seen"], "epochs": summary["epochs"], "train_seconds": round(summary["train_seconds"], 1)}
+    out = {
+        "test_accuracy": metrics["accuracy"],
+        "roc_auc": metrics.get("roc_auc"),
+        "image_passes": summary["images_seen"],
+        "epochs": summary["epochs"],
+        "train_seconds": round(summary["train_seconds"], 1),
+    }
     if "knn_accuracy" in metrics:
         out["knn_accuracy"] = metrics["knn_accuracy"]
     return out
@@ -167,7 +188,12 @@ def houses_figures(root: Path, name: str) -> dict[str, Any]:
     """MAPE as the seed reports it: mean and std of the absolute percentage error on the test houses."""
     metrics = _json(root / "reports" / "metrics" / f"{name}.json")
     summary = _json(root / "models" / name / "train_summary.json")
-    return {"mape_mean": metrics["ape_mean"], "mape_std": metrics["ape_std"], "test_houses": metrics["examples"], "train_seconds": round(summary["train_seconds"], 1)}
+    return {
+        "mape_mean": metrics["ape_mean"],
+        "mape_std": metrics["ape_std"],
+        "test_houses": metrics["examples"],
+        "train_seconds": round(summary["train_seconds"], 1),
+    }
 
 
 def houses_entry(by_seed: Mapping[int, Mapping[str, Any]], seeds: tuple[int, ...]) -> dict[str, Any]:
@@ -188,7 +214,10 @@ def table(results: Mapping[str, Any]) -> str:
     lines += ["", "| houses variant | MAPE, seed split (mean ± std) | mean MAPE over splits | seeds |", "|---|---|---|---|"]
     for name, r in sorted(results.get("houses", {}).items(), key=lambda kv: kv[1]["mape_mean_over_splits"]):
         seed = r["seed_split"]
-        lines.append(f"| `{name}` | {seed['mape_mean']:.1f} % ± {seed['mape_std']:.1f} | {r['mape_mean_over_splits']:.1f} % | {', '.join(str(s['seed']) for s in r['splits'])} |")
+        lines.append(
+            f"| `{name}` | {seed['mape_mean']:.1f} % ± {seed['mape_std']:.1f} | {r['mape_mean_over_splits']:.1f} % |"
+            f" {', '.join(str(s['seed']) for s in r['splits'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +242,9 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
     houses = [n for n in names if params["variants"][n]["dataset"] == "houses"]
     pets = [n for n in names if n not in houses]
     if not plan.mirror.is_dir():
-        raise ResultsError(f"results.yaml: mirror {plan.mirror}: not a folder (the offline datasets, see ../shared/datasets/README.md)")
+        raise ResultsError(
+            f"results.yaml: mirror {plan.mirror}: not a folder (the offline datasets, see ../shared/datasets/README.md)"
+        )
     server = serve(plan.mirror, plan.port)
     url = f"http://127.0.0.1:{plan.port}"
     try:
@@ -221,13 +252,17 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
         by_seed: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in houses}
         seconds: dict[str, float] = {}
         # the extra houses splits first, so the workspace ends on the seed split
-        for seed in (plan.split_seeds[1:] if houses else ()):
+        for seed in plan.split_seeds[1:] if houses else ():
             log.info("houses split seed %d: %s", seed, ", ".join(houses))
-            seconds[f"houses_seed_{seed}"] = repro(root, run_params(params, url, seed, houses), REPO / "results" / "logs" / f"houses-seed-{seed}.log")
+            seconds[f"houses_seed_{seed}"] = repro(
+                root, run_params(params, url, seed, houses), REPO / "results" / "logs" / f"houses-seed-{seed}.log"
+            )
             for n in houses:
                 by_seed[n][seed] = houses_figures(root, n)
         seed = plan.split_seeds[0]
-        seconds["seed_protocol"] = repro(root, run_params(params, url, seed, names), REPO / "results" / "logs" / "seed-protocol.log")
+        seconds["seed_protocol"] = repro(
+            root, run_params(params, url, seed, names), REPO / "results" / "logs" / "seed-protocol.log"
+        )
         for n in houses:
             by_seed[n][seed] = houses_figures(root, n)
     finally:
@@ -241,8 +276,12 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python scripts/results.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=os.environ.get("VARIANTS") or None, help="comma-separated subset (default: every variant)")
+    parser = argparse.ArgumentParser(
+        prog="python scripts/results.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--variants", default=os.environ.get("VARIANTS") or None, help="comma-separated subset (default: every variant)"
+    )
     parser.add_argument("--plan", type=Path, default=REPO / "results.yaml")
     args = parser.parse_args(argv)
     try:
@@ -257,7 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "pets": {**old.get("pets", {}), **new["pets"]},
         "houses": {**old.get("houses", {}), **new["houses"]},
-        "runs": [*old.get("runs", []), {"variants": args.variants or "all", "seconds": round(total, 1), "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()}, "machine": data_stages.machine(), "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}],
+        "runs": [
+            *old.get("runs", []),
+            {
+                "variants": args.variants or "all",
+                "seconds": round(total, 1),
+                "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()},
+                "machine": data_stages.machine(),
+                "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        ],
     }
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
@@ -265,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_MD.write_text(text)
     update_readme(README, text)
     print(text)
-    print(f"{len(new['pets']) + len(new['houses'])} variants in {total / 60:.1f} min; {RESULTS_JSON.relative_to(REPO)} and README.md updated")
+    print(
+        f"{len(new['pets']) + len(new['houses'])} variants in {total / 60:.1f} min;"
+        f" {RESULTS_JSON.relative_to(REPO)} and README.md updated"
+    )
     return 0
 
 

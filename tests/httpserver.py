@@ -88,7 +88,7 @@ class _Handler(SimpleHTTPRequestHandler):
         return int(match[1]) if match else None
 
     def _send_body(self, data: bytes, start: int | None) -> None:
-        body = data[start or 0:]
+        body = data[start or 0 :]
         self.send_response(206 if start is not None else 200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(body)))

@@ -39,7 +39,7 @@ def chdir(path: Path) -> Iterator[Path]:
 
 def run_stage(stage: str, dataset: str) -> None:
     """``python -m pipeline <stage> <dataset>`` in-process, in the current folder."""
-    importlib.import_module(f"pipeline.{stage}").main([dataset])
+    importlib.import_module(f"pipeline.stages.{stage}").main([dataset])
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -116,5 +116,5 @@ def trained_project(
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         for stage, argv in steps:
-            importlib.import_module(f"pipeline.{stage}").main(argv)
+            importlib.import_module(f"pipeline.stages.{stage}").main(argv)
     return root

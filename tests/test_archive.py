@@ -1,4 +1,4 @@
-"""Tests for pipeline.archive: safe extraction of zip and tar archives built in tmp_path."""
+"""Tests for pipeline.data.archive: safe extraction of zip and tar archives built in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import archive as archive_mod
-from pipeline.archive import extract
+from pipeline.data import archive as archive_mod
+from pipeline.data.archive import extract
 from pipeline.errors import PipelineError
 
 MB = 1 << 20
@@ -200,9 +200,7 @@ def test_zip_bomb_member_is_refused(tmp_path: Path) -> None:
     assert "> data.extract.max_ratio=200" in message
 
 
-def test_real_bytes_are_counted_even_if_declared_sizes_pass(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_real_bytes_are_counted_even_if_declared_sizes_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulate lying headers: skip the declared-size check, keep the byte counter.
     monkeypatch.setattr(archive_mod, "check_members", lambda *args: None)
     archive = make_zip(tmp_path / "x.zip", {"a.bin": bytes(3000), "b.bin": bytes(3000)})
@@ -223,9 +221,7 @@ def test_failure_leaves_existing_target_untouched(tmp_path: Path) -> None:
     assert_tree(target, {"keep.txt": b"keep"})
 
 
-def test_failure_while_writing_cleans_temp_and_keeps_target(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failure_while_writing_cleans_temp_and_keeps_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("keep")

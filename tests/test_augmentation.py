@@ -1,4 +1,4 @@
-"""Tests for pipeline.augmentation: invariants eagerly and in tf.data, each op's semantics, seeds, the preview grid."""
+"""Tests for pipeline.training.augment_ops: invariants eagerly and in tf.data, each op's semantics, seeds, the preview grid."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import augmentation
-from pipeline.augmentation import Policy
+from pipeline.training import augment_ops
+from pipeline.training.augment_ops import Policy
 
 tf = pytest.importorskip("tensorflow")
 
@@ -65,7 +65,7 @@ def run(fn, images: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("op", list(OPS))
 def test_each_op_keeps_shape_dtype_range_labels_and_changes_the_image(op: str, mode: str) -> None:
     images = textured()
-    fn = augmentation.build(OPS[op], EIGVALS, EIGVECS, seed=1)
+    fn = augment_ops.build(OPS[op], EIGVALS, EIGVECS, seed=1)
     out, labels = run(fn, images, mode)
     assert out.shape == images.shape
     assert out.dtype == np.float32
@@ -80,14 +80,14 @@ def test_each_op_keeps_shape_dtype_range_labels_and_changes_the_image(op: str, m
 @pytest.mark.parametrize("mode", ["eager", "tf.data"])
 def test_all_off_is_the_identity(mode: str) -> None:
     images = textured()
-    fn = augmentation.build(Policy(crop=1.0), None, None, seed=1)  # keeping the whole side is no crop either
+    fn = augment_ops.build(Policy(crop=1.0), None, None, seed=1)  # keeping the whole side is no crop either
     out, labels = run(fn, images, mode)
     np.testing.assert_array_equal(out, images)
     assert labels.tolist() == (np.arange(N) * 10 + 3).tolist()
 
 
 def test_graph_mode_keeps_the_static_shape() -> None:
-    fn = augmentation.build(OPS["everything"], EIGVALS, EIGVECS, seed=1)
+    fn = augment_ops.build(OPS["everything"], EIGVALS, EIGVECS, seed=1)
     ds = tf.data.Dataset.from_tensor_slices(textured(8)).batch(4).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     assert ds.element_spec.shape.as_list() == [None, SIZE, SIZE, 3]
     single = tf.data.Dataset.from_tensor_slices(textured(2)).map(fn)
@@ -99,7 +99,7 @@ def test_graph_mode_keeps_the_static_shape() -> None:
 
 def test_flip_gives_the_image_or_its_exact_mirror() -> None:
     images = textured()
-    out = augmentation.build(Policy(flip=True), None, None, seed=3)(images).numpy()
+    out = augment_ops.build(Policy(flip=True), None, None, seed=3)(images).numpy()
     flipped = [np.array_equal(o, im[:, ::-1]) for o, im in zip(out, images)]
     same = [np.array_equal(o, im) for o, im in zip(out, images)]
     assert all(f or s for f, s in zip(flipped, same))
@@ -124,7 +124,7 @@ def centroid(image: np.ndarray) -> np.ndarray:
 def test_translation_moves_content_by_at_most_its_fraction() -> None:
     size, fraction = 40, 0.2
     images = square_image(32, size, half=4)
-    out = augmentation.build(Policy(translation=fraction, fill_mode="constant"), None, None, seed=5)(images).numpy()
+    out = augment_ops.build(Policy(translation=fraction, fill_mode="constant"), None, None, seed=5)(images).numpy()
     moves = np.array([centroid(o) - centroid(im) for o, im in zip(out, images)])
     assert np.abs(moves).max() <= fraction * size + 0.5
     assert np.abs(moves).max() > 0.5 * fraction * size  # it does move, over most of the range
@@ -138,7 +138,7 @@ def test_rotation_barely_changes_a_centred_disk() -> None:
     rows, cols = np.indices((size, size))
     disk = np.where((rows - 16) ** 2 + (cols - 16) ** 2 <= 10**2, 200.0, 50.0).astype(np.float32)
     disks = np.repeat(np.repeat(disk[None, :, :, None], 3, axis=3), 16, axis=0)
-    fn = augmentation.build(Policy(rotation=40.0), None, None, seed=2)
+    fn = augment_ops.build(Policy(rotation=40.0), None, None, seed=2)
     rotated = fn(disks).numpy()
     disk_change = np.abs(rotated - disks).mean()
     texture = textured(16, size, size)
@@ -149,27 +149,34 @@ def test_rotation_barely_changes_a_centred_disk() -> None:
         np.testing.assert_allclose(centroid(image - 50.0), [16.0, 16.0], atol=0.05)
 
 
-@pytest.mark.parametrize("fill_mode", augmentation.FILL_MODES)
+@pytest.mark.parametrize("fill_mode", augment_ops.FILL_MODES)
 def test_the_warp_is_tensorflows_projective_transform(fill_mode: str) -> None:
     """The vectorised warp samples as ImageProjectiveTransformV3 does, far outside the image too."""
     rng = np.random.default_rng(1)
     images = textured(6, height=17, width=31)
     angle, zoom = rng.uniform(-3, 3, 6), rng.uniform(0.3, 3, 6)
     shifts = rng.uniform(-90, 90, (2, 6))
-    matrices = np.stack([np.cos(angle) * zoom, 0.3 - np.sin(angle) * zoom, shifts[0], np.sin(angle) * zoom, np.cos(angle) * zoom, shifts[1]], 1).astype(np.float32)
+    matrices = np.stack(
+        [np.cos(angle) * zoom, 0.3 - np.sin(angle) * zoom, shifts[0], np.sin(angle) * zoom, np.cos(angle) * zoom, shifts[1]], 1
+    ).astype(np.float32)
     kernel = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=np.pad(matrices, [(0, 0), (0, 2)]), output_shape=[17, 31], fill_value=0.0, interpolation="BILINEAR", fill_mode=fill_mode.upper()
+        images=images,
+        transforms=np.pad(matrices, [(0, 0), (0, 2)]),
+        output_shape=[17, 31],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode=fill_mode.upper(),
     ).numpy()
-    np.testing.assert_array_equal(augmentation.affine_warp(tf.constant(images), tf.constant(matrices), fill_mode).numpy(), kernel)
-    compiled = augmentation._compiled_warp(fill_mode)(tf.constant(images), tf.constant(matrices)).numpy()
+    np.testing.assert_array_equal(augment_ops.affine_warp(tf.constant(images), tf.constant(matrices), fill_mode).numpy(), kernel)
+    compiled = augment_ops._compiled_warp(fill_mode)(tf.constant(images), tf.constant(matrices)).numpy()
     np.testing.assert_allclose(compiled, kernel, atol=0.05)  # XLA: float rounding only
 
 
 def test_a_folded_flip_mirrors_the_input_of_the_transform() -> None:
     """flip + transform: the flip folded into the matrix samples what flipping first would."""
     images = textured(N)
-    both = augmentation.build(SEED_LIKE, None, None, seed=0)(images, seed=[5, 6]).numpy()
-    no_flip = augmentation.build(dataclasses.replace(SEED_LIKE, flip=False), None, None, seed=0)
+    both = augment_ops.build(SEED_LIKE, None, None, seed=0)(images, seed=[5, 6]).numpy()
+    no_flip = augment_ops.build(dataclasses.replace(SEED_LIKE, flip=False), None, None, seed=0)
     mirrored = no_flip(images[:, :, ::-1], seed=[5, 6]).numpy()
     plain = no_flip(images, seed=[5, 6]).numpy()
     as_flipped = [np.allclose(b, m, atol=0.05) for b, m in zip(both, mirrored)]
@@ -181,21 +188,21 @@ def test_a_folded_flip_mirrors_the_input_of_the_transform() -> None:
 @pytest.mark.parametrize("policy", [Policy(zoom=0.3), Policy(crop=0.6), Policy(shear=0.3, rotation=20.0)])
 def test_resampling_ops_keep_a_non_square_shape(policy: Policy) -> None:
     images = textured(4, height=20, width=36)
-    out = augmentation.build(policy, None, None, seed=0)(images)
+    out = augment_ops.build(policy, None, None, seed=0)(images)
     assert out.shape == images.shape
     assert not np.allclose(out.numpy(), images)
 
 
 def test_crop_zooms_in() -> None:
     images = square_image(8, 40, half=8)
-    out = augmentation.build(Policy(crop=0.5), None, None, seed=0)(images).numpy()
+    out = augment_ops.build(Policy(crop=0.5), None, None, seed=0)(images).numpy()
     # a window of half the side resized back doubles every length: the square's area grows
     assert ((out[..., 0] > 127).sum(axis=(1, 2)) > (images[..., 0] > 127).sum(axis=(1, 2))).all()
 
 
 def test_brightness_changes_the_mean_not_the_pattern() -> None:
     images = np.clip(textured(8) * 0.5 + 60, 0, 255).astype(np.float32)  # 60..188: no clipping at +-20 %
-    out = augmentation.build(Policy(brightness=0.2), None, None, seed=4)(images).numpy()
+    out = augment_ops.build(Policy(brightness=0.2), None, None, seed=4)(images).numpy()
     means_in, means_out = images.mean(axis=(1, 2, 3)), out.mean(axis=(1, 2, 3))
     assert np.abs(means_out - means_in).max() > 2.0
     for o, im in zip(out, images):
@@ -204,7 +211,7 @@ def test_brightness_changes_the_mean_not_the_pattern() -> None:
 
 def test_pca_colour_shifts_every_pixel_along_the_train_eigenvector() -> None:
     grey = np.full((64, 8, 8, 3), 128.0, np.float32)
-    fn = augmentation.build(Policy(pca_color=0.1), [1.0, 0.0, 0.0], EIGVECS, seed=6)
+    fn = augment_ops.build(Policy(pca_color=0.1), [1.0, 0.0, 0.0], EIGVECS, seed=6)
     shift = fn(grey).numpy() - grey
     per_image = shift[:, 0, 0, :]
     # one constant vector per image ...
@@ -219,9 +226,9 @@ def test_pca_colour_shifts_every_pixel_along_the_train_eigenvector() -> None:
 
 def test_pca_colour_needs_the_eigenpairs() -> None:
     with pytest.raises(ValueError, match="pca_eigenvalues"):
-        augmentation.build(Policy(pca_color=0.1), None, None, seed=0)
+        augment_ops.build(Policy(pca_color=0.1), None, None, seed=0)
     with pytest.raises(ValueError, match=r"\(3, 3\)"):
-        augmentation.build(Policy(pca_color=0.1), [1.0, 0.5], np.eye(3), seed=0)
+        augment_ops.build(Policy(pca_color=0.1), [1.0, 0.5], np.eye(3), seed=0)
 
 
 # --------------------------------------------------------------------------- randomness
@@ -229,7 +236,7 @@ def test_pca_colour_needs_the_eigenpairs() -> None:
 
 def test_same_seed_same_outputs_different_seed_different_outputs() -> None:
     images = textured(4)
-    first, second, other = (augmentation.build(OPS["everything"], EIGVALS, EIGVECS, seed=s) for s in (11, 11, 12))
+    first, second, other = (augment_ops.build(OPS["everything"], EIGVALS, EIGVECS, seed=s) for s in (11, 11, 12))
     a = [first(images).numpy() for _ in range(3)]
     b = [second(images).numpy() for _ in range(3)]
     for x, y in zip(a, b):
@@ -240,7 +247,7 @@ def test_same_seed_same_outputs_different_seed_different_outputs() -> None:
 
 def seeded_pipeline(images: np.ndarray, seed: int) -> tf.data.Dataset:
     """The module docstring's parallel, reproducible pattern: per-batch seeds from Dataset.random."""
-    fn = augmentation.build(SEED_LIKE, None, None, seed=0)
+    fn = augment_ops.build(SEED_LIKE, None, None, seed=0)
     seeds = tf.data.Dataset.random(seed, rerandomize_each_iteration=True).batch(2)
     batches = tf.data.Dataset.from_tensor_slices((images, np.arange(len(images)))).batch(4)
     ds = tf.data.Dataset.zip(seeds, batches)
@@ -259,19 +266,19 @@ def test_explicit_seeds_make_a_parallel_tf_data_map_reproducible_with_new_draws_
     assert not np.allclose(first[0], first[1])
     assert not np.allclose(epochs(seeded_pipeline(images, 6))[0], first[0])
     # the explicit seed replaces the generator: an eager call with the same seed agrees
-    one, other = (augmentation.build(SEED_LIKE, None, None, seed=s) for s in (123, 0))
+    one, other = (augment_ops.build(SEED_LIKE, None, None, seed=s) for s in (123, 0))
     np.testing.assert_array_equal(one(images[:4], seed=[3, 4]).numpy(), other(images[:4], seed=[3, 4]).numpy())
 
 
 def test_a_batch_gets_one_transform_per_image() -> None:
     image = textured(1)[0]
     batch = np.repeat(image[None], 8, axis=0)
-    out = augmentation.build(SEED_LIKE, None, None, seed=9)(batch).numpy()
+    out = augment_ops.build(SEED_LIKE, None, None, seed=9)(batch).numpy()
     assert out.shape == batch.shape
     for i in range(8):
         for j in range(i + 1, 8):
             assert not np.allclose(out[i], out[j]), f"images {i} and {j} got the same transform"
-    single = augmentation.build(SEED_LIKE, None, None, seed=9)(image)
+    single = augment_ops.build(SEED_LIKE, None, None, seed=9)(image)
     assert single.shape == image.shape
 
 
@@ -294,11 +301,11 @@ def test_policy_describe_and_validation() -> None:
 
 
 def test_preview_grid_writes_a_png_growing_with_rows_and_columns(tmp_path: Path) -> None:
-    fn = augmentation.build(SEED_LIKE, None, None, seed=0)
+    fn = augment_ops.build(SEED_LIKE, None, None, seed=0)
     images = textured(3).astype(np.uint8)
     small, large = tmp_path / "small.png", tmp_path / "sub" / "large.png"
-    augmentation.preview_grid(images[:1], fn, per_image=2, path=small, title="pets")
-    augmentation.preview_grid(images, fn, per_image=4, path=large, title="pets")
+    augment_ops.preview_grid(images[:1], fn, per_image=2, path=small, title="pets")
+    augment_ops.preview_grid(images, fn, per_image=4, path=large, title="pets")
     with Image.open(small) as a, Image.open(large) as b:
         assert a.format == b.format == "PNG"
         assert b.size[0] > a.size[0] and b.size[1] > a.size[1]
@@ -307,7 +314,7 @@ def test_preview_grid_writes_a_png_growing_with_rows_and_columns(tmp_path: Path)
 
 
 def test_importing_the_module_does_not_import_tensorflow() -> None:
-    code = "import sys, pipeline.augmentation; assert 'tensorflow' not in sys.modules"
+    code = "import sys, pipeline.training.augment_ops; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -322,9 +329,11 @@ LABELS = np.array([[0.0], [1.0], [0.0], [1.0]], np.float32)  # each image's part
 def test_mixing_mixes_labels_in_the_proportion_of_the_pixels(kind: str, mode: str) -> None:
     alphas = {"mixup": (0.4, 0.0), "cutmix": (0.0, 1.0), "both": (0.4, 1.0)}[kind]
     if mode == "eager":
-        x, y = (t.numpy() for t in augmentation.mix_batch(FLAT, LABELS, tf.constant([7, 8]), *alphas))
+        x, y = (t.numpy() for t in augment_ops.mix_batch(FLAT, LABELS, tf.constant([7, 8]), *alphas))
     else:
-        ds = tf.data.Dataset.from_tensors((FLAT, LABELS)).map(lambda a, b: augmentation.mix_batch(a, b, tf.constant([7, 8]), *alphas))
+        ds = tf.data.Dataset.from_tensors((FLAT, LABELS)).map(
+            lambda a, b: augment_ops.mix_batch(a, b, tf.constant([7, 8]), *alphas)
+        )
         x, y = next(ds.as_numpy_iterator())
     partner = FLAT[::-1]
     # the share of the partner in each image, from its pixels (flat images: a blend or a pasted box)
@@ -338,9 +347,9 @@ def test_mixing_mixes_labels_in_the_proportion_of_the_pixels(kind: str, mode: st
 
 
 def test_mixing_is_off_at_zero_and_reproducible_per_seed() -> None:
-    x, y = augmentation.mix_batch(FLAT, LABELS, tf.constant([1, 2]))
+    x, y = augment_ops.mix_batch(FLAT, LABELS, tf.constant([1, 2]))
     np.testing.assert_array_equal(x.numpy(), FLAT)
     np.testing.assert_array_equal(y.numpy(), LABELS)
-    a, b, c = (augmentation.mix_batch(FLAT, LABELS, tf.constant(s), 0.4, 1.0)[1].numpy() for s in ([1, 2], [1, 2], [3, 4]))
+    a, b, c = (augment_ops.mix_batch(FLAT, LABELS, tf.constant(s), 0.4, 1.0)[1].numpy() for s in ([1, 2], [1, 2], [3, 4]))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)

@@ -21,7 +21,14 @@ def test_flops_of_the_seed_cnn_at_150_px_match_a_hand_count() -> None:
 
     macs = dict(mfu.layer_macs(registry.build("cnn_functional", registry.ModelSpec(image_size=150))))
     # same padding: 150 -> 75 -> 37 -> 18 -> 9 after each pooling
-    expected = {"conv1": 150 * 150 * 32 * 3 * 9, "conv2": 75 * 75 * 64 * 32 * 9, "conv3": 37 * 37 * 128 * 64 * 9, "conv4": 18 * 18 * 128 * 128 * 9, "fc": 9 * 9 * 128 * 512, "prediction": 512}
+    expected = {
+        "conv1": 150 * 150 * 32 * 3 * 9,
+        "conv2": 75 * 75 * 64 * 32 * 9,
+        "conv3": 37 * 37 * 128 * 64 * 9,
+        "conv4": 18 * 18 * 128 * 128 * 9,
+        "fc": 9 * 9 * 128 * 512,
+        "prediction": 512,
+    }
     assert macs == expected
     forward, step = mfu.train_flops(list(macs.items()))
     total = sum(expected.values())

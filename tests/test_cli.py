@@ -39,7 +39,7 @@ def test_validate_before_download(project: Path) -> None:
     assert result.returncode == 1
     lines = error_lines(result)
     assert len(lines) == 1
-    assert lines[0].startswith("ERROR pipeline.validate: data/raw/pets: not found")
+    assert lines[0].startswith("ERROR pipeline.stages.validate: data/raw/pets: not found")
     assert not (project / "reports").exists()
 
 

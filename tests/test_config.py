@@ -189,10 +189,18 @@ def test_variant_overrides_and_class_weights() -> None:
         ("train.class_weight", {"Cat": -1}, "train.class_weight.Cat: -1 is outside"),
         ("variants.lenet5.train", {"epoch": 3}, "variants.lenet5.train.epoch: unknown key"),
         ("variants.lenet5.dataset", "cats", "variants.lenet5.dataset: 'cats' is not one of pets, houses"),
-        ("augment.policy.fill_mode", "mirror", "augment.policy.fill_mode: 'mirror' is not one of nearest, reflect, constant, wrap"),
+        (
+            "augment.policy.fill_mode",
+            "mirror",
+            "augment.policy.fill_mode: 'mirror' is not one of nearest, reflect, constant, wrap",
+        ),
         ("train.optimizer", "adagrad", "train.optimizer: 'adagrad' is not one of adam, adamw, sgd, rmsprop"),
         ("train.warmup", 4, "train.warmup: 4 epochs of warmup leave none of the 4 epochs to train at the learning rate"),
-        ("variants.lenet5.train", {"warmup": 1, "schedule": "step"}, "variants.lenet5.train.warmup: a warmup ramps into schedule constant or cosine, not 'step'"),
+        (
+            "variants.lenet5.train",
+            {"warmup": 1, "schedule": "step"},
+            "variants.lenet5.train.warmup: a warmup ramps into schedule constant or cosine, not 'step'",
+        ),
     ],
 )
 def test_training_keys_name_the_culprit(key: str, value: Any, fragment: str) -> None:

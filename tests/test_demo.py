@@ -1,4 +1,4 @@
-"""Tests for pipeline.demo: the offline stand-ins' layout, determinism, planted defects and learnability."""
+"""Tests for pipeline.data.demo: the offline stand-ins' layout, determinism, planted defects and learnability."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import demo
 from pipeline.config import HOUSE_ROOMS, DemoConfig
+from pipeline.data import demo
 from tests.pipeline_project import tree_digest
 
 CFG = DemoConfig(seed=0, pets={"Cat": 12, "Dog": 10}, houses=40)

@@ -1,4 +1,4 @@
-"""Tests for pipeline.fetch: all offline, against a loopback server or file:// URLs."""
+"""Tests for pipeline.data.fetch: all offline, against a loopback server or file:// URLs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import fetch as fetch_mod
+from pipeline.data import fetch as fetch_mod
+from pipeline.data.fetch import fetch, resolve_source
 from pipeline.errors import PipelineError
-from pipeline.fetch import fetch, resolve_source
 from tests.httpserver import free_port, serve
 
 SIZE = 300_000  # > one read, < one chunk; odd-sized halves on purpose
@@ -50,9 +50,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def get(
-    url: str, dest: Path, sha256: str | None, *, retries: int = 2, progress: bool = False
-) -> str:
+def get(url: str, dest: Path, sha256: str | None, *, retries: int = 2, progress: bool = False) -> str:
     return fetch(url, dest, sha256, timeout_s=5, retries=retries, progress=progress)
 
 
@@ -81,9 +79,7 @@ def test_resolve_url_mirror(mirror: str, expected: str) -> None:
     assert resolve_source("https://example.org/a.zip", mirror, "my file.zip") == expected
 
 
-def test_resolve_folder_mirror_is_absolute_file_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_folder_mirror_is_absolute_file_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "mirror").mkdir()
     monkeypatch.chdir(tmp_path)
     expected = (tmp_path / "mirror").resolve().as_uri() + "/my%20file.zip"
@@ -125,10 +121,8 @@ def test_http_mirror_download(served: Path, out: Path, payload: bytes) -> None:
         assert url.paths == [f"/{NAME}"]
 
 
-def test_no_pinned_checksum_warns_with_digest(
-    served: Path, out: Path, payload: bytes, caplog: pytest.LogCaptureFixture
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.fetch"), serve(served) as url:
+def test_no_pinned_checksum_warns_with_digest(served: Path, out: Path, payload: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.fetch"), serve(served) as url:
         assert get(f"{url}/{NAME}", out / NAME, None) == sha(payload)
     assert sha(payload) in caplog.text
     assert "pin it in params.yaml" in caplog.text
@@ -142,9 +136,7 @@ def test_existing_dest_with_matching_sha_needs_no_network(out: Path, payload: by
     assert get(dead, dest, None) == sha(payload)
 
 
-def test_existing_dest_with_wrong_sha_is_downloaded_again(
-    served: Path, out: Path, payload: bytes
-) -> None:
+def test_existing_dest_with_wrong_sha_is_downloaded_again(served: Path, out: Path, payload: bytes) -> None:
     dest = out / NAME
     dest.write_bytes(b"stale")
     with serve(served) as url:
@@ -159,9 +151,7 @@ def test_dropped_connection_resumes_within_one_call(
     served: Path, out: Path, payload: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     dest = out / NAME
-    with caplog.at_level(logging.WARNING, logger="pipeline.fetch"), serve(
-        served, drop_after=100_000, drop_times=1
-    ) as url:
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.fetch"), serve(served, drop_after=100_000, drop_times=1) as url:
         assert get(f"{url}/{NAME}", dest, sha(payload)) == sha(payload)
         assert url.ranges == [None, "bytes=100000-"]
     assert dest.read_bytes() == payload
@@ -169,9 +159,7 @@ def test_dropped_connection_resumes_within_one_call(
     assert "retry 1/2" in caplog.text
 
 
-def test_several_drops_each_resume_from_current_size(
-    served: Path, out: Path, payload: bytes
-) -> None:
+def test_several_drops_each_resume_from_current_size(served: Path, out: Path, payload: bytes) -> None:
     dest = out / NAME
     with serve(served, drop_after=50_000, drop_times=3) as url:
         assert get(f"{url}/{NAME}", dest, sha(payload), retries=3) == sha(payload)
@@ -202,9 +190,7 @@ def test_server_ignoring_range_restarts_from_zero(
 ) -> None:
     dest = out / NAME
     part_of(dest).write_bytes(b"x" * 1000)  # would corrupt the file if appended to
-    with caplog.at_level(logging.WARNING, logger="pipeline.fetch"), serve(
-        served, honor_range=False
-    ) as url:
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.fetch"), serve(served, honor_range=False) as url:
         assert get(f"{url}/{NAME}", dest, sha(payload)) == sha(payload)
         assert url.ranges == ["bytes=1000-"]
     assert dest.read_bytes() == payload
@@ -230,9 +216,7 @@ def test_oversized_part_is_discarded(served: Path, out: Path, payload: bytes) ->
     assert dest.read_bytes() == payload
 
 
-def test_retries_exhausted_keeps_part_and_next_call_resumes(
-    served: Path, out: Path, payload: bytes
-) -> None:
+def test_retries_exhausted_keeps_part_and_next_call_resumes(served: Path, out: Path, payload: bytes) -> None:
     dest = out / NAME
     with serve(served, drop_after=60_000, drop_times=10) as url:
         with pytest.raises(PipelineError) as err:

@@ -1,4 +1,4 @@
-"""Tests for pipeline.images: the decoding checks, RGB conversion, resizing and the 2x2 montage."""
+"""Tests for pipeline.data.images: the decoding checks, RGB conversion, resizing and the 2x2 montage."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageLimits, inspect, load, montage, resize, to_rgb
+from pipeline.data.images import ImageLimits, inspect, load, montage, resize, to_rgb
 
 LIMITS = ImageLimits(min_side=16, max_side=8000, max_pixels=40_000_000)
 

@@ -33,7 +33,15 @@ from tests.pipeline_project import REPO, trained_project
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 SCREENSHOT = REPO / "reports" / "mlflow_ui.png"
 TINY = {
     "ui_pets_cnn": {"dataset": "pets", "model": "cnn_functional", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
@@ -97,8 +105,22 @@ def server(store: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     log = (store / "mlflow_server.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-           "--default-artifact-root", (store / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store}/mlflow.db",
+        "--default-artifact-root",
+        (store / "mlartifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -111,7 +133,9 @@ def server(store: Path) -> Iterator[str]:
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S} s:\n{(store / 'mlflow_server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server not healthy after {START_TIMEOUT_S} s:\n{(store / 'mlflow_server.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield base
     finally:
@@ -128,7 +152,9 @@ def test_rest_api_lists_every_variant_with_metrics_params_and_weights(server: st
     ids = _experiment_ids(server)
     assert {"pets", "houses"} <= set(ids)
     for name, dataset in DATASET_OF.items():
-        runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [ids[dataset]], "max_results": 100}).get("runs", [])
+        runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [ids[dataset]], "max_results": 100}).get(
+            "runs", []
+        )
         by_name = {r["info"]["run_name"]: r for r in runs}
         assert name in by_name, f"{name} not among {sorted(by_name)} in experiment {dataset}"
         run = by_name[name]
@@ -199,8 +225,12 @@ def test_browser_shows_the_runs_with_their_key_metric(server: str, tmp_path: Pat
     seen: dict[str, tuple[str, str, str]] = {}
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport=VIEWPORT, timeout=30_000,
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=VIEWPORT,
+            timeout=30_000,
         )
         try:
             context.set_default_timeout(30_000)

@@ -56,7 +56,9 @@ def make_spec(entry: Entry, image_size: int = 32, **overrides) -> ModelSpec:
         }
     fields |= overrides
     if entry.needs_backbone:  # a tiny stand-in for the pretrained backbone, normalizing with the spec's statistics
-        fields.setdefault("backbone", conv_backbone(fields["image_size"], fields["image_mean"], fields["image_variance"], width=TINY))
+        fields.setdefault(
+            "backbone", conv_backbone(fields["image_size"], fields["image_mean"], fields["image_variance"], width=TINY)
+        )
     return ModelSpec(**fields)
 
 
@@ -65,9 +67,9 @@ def make_batch(entry: Entry, spec: ModelSpec, n: int = 4, seed: int = 0) -> dict
     rng = np.random.default_rng(seed)
     feeds = {
         "image": lambda: rng.uniform(0, 255, (n, spec.image_size, spec.image_size, 3)).astype("float32"),
-        "tabular": lambda: np.column_stack(
-            [rng.integers(1, 6, n), rng.integers(1, 4, n), rng.uniform(800, 4000, n)]
-        ).astype("float32"),
+        "tabular": lambda: np.column_stack([rng.integers(1, 6, n), rng.integers(1, 4, n), rng.uniform(800, 4000, n)]).astype(
+            "float32"
+        ),
         "zipcode": lambda: np.array([[z] for z in [*ZIPCODES, UNKNOWN_ZIP] * n][:n]),
     }
     unknown = set(entry.inputs) - set(feeds)
@@ -138,7 +140,9 @@ def test_tta_flip_averages_the_image_and_its_mirror_at_inference_only(name: str,
     np.testing.assert_allclose(predict(model, mirrored), predict(model, batch), rtol=1e-5, atol=1e-6)  # mirror-invariant
     assert tuple(model(batch, training=True).shape) == (4, 1)  # training: one pass over the batch as given
     for layer in ("flip_stack", "flip_mean"):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer(layer)(batch["image"], training=True)), batch["image"])
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(model.get_layer(layer)(batch["image"], training=True)), batch["image"]
+        )
     if entry.needs_backbone:
         assert backbone_of(model).name == "backbone"  # found inside the wrapper (fine-tuning and kNN need it)
     model.save(tmp_path / "m.keras")
@@ -157,8 +161,12 @@ def test_a_model_at_its_own_size_resizes_the_prepared_images(name: str, tmp_path
     small = {"image": keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32, antialias=True)(batch["image"]))}
     np.testing.assert_allclose(predict(model, batch), predict(inner, small), rtol=1e-5, atol=1e-6)
     model.save(tmp_path / "m.keras")
-    np.testing.assert_allclose(predict(keras.models.load_model(tmp_path / "m.keras", safe_mode=True), batch), predict(model, batch), rtol=1e-5, atol=1e-6)
-    assert registry.build(name, dataclasses.replace(spec, input_size=32)).get_layer(index=1).name != "resize"  # same size: no wrapper
+    np.testing.assert_allclose(
+        predict(keras.models.load_model(tmp_path / "m.keras", safe_mode=True), batch), predict(model, batch), rtol=1e-5, atol=1e-6
+    )
+    assert (
+        registry.build(name, dataclasses.replace(spec, input_size=32)).get_layer(index=1).name != "resize"
+    )  # same size: no wrapper
 
 
 @pytest.mark.parametrize("image_size", [32, 96, 160])
@@ -177,7 +185,11 @@ def test_resnet_deep_stem_is_three_3x3_convs_the_first_strided() -> None:
     spec = make_spec(entry, image_size=64, extra={"min_map": 2, "stem": "deep"})
     deep = registry.build("resnet", spec)
     convs = [deep.get_layer(f"stem{i}_conv") for i in (1, 2, 3)]
-    assert [(c.kernel_size, c.strides, c.filters) for c in convs] == [((3, 3), (2, 2), 8), ((3, 3), (1, 1), 8), ((3, 3), (1, 1), 16)]
+    assert [(c.kernel_size, c.strides, c.filters) for c in convs] == [
+        ((3, 3), (2, 2), 8),
+        ((3, 3), (1, 1), 8),
+        ((3, 3), (1, 1), 16),
+    ]
     assert "stem_conv" not in [layer.name for layer in deep.layers]
     out = predict(deep, make_batch(entry, spec, n=2))
     assert out.shape == (2, 1) and np.isfinite(out).all()
@@ -272,8 +284,13 @@ HOUSES_RECIPE = {
     "mlp_tabular": {"target": "log", "log_tabular": True, "hidden": []},
     "cnn_montage": {"target": "log", "photo_head": "average", "photo_pool": 4, "photo_filters": [8]},
     "mixed_inputs": {
-        "target": "log", "log_tabular": True, "hidden": [], "combined": 0,
-        "photo_head": "average", "photo_pool": 4, "photo_filters": [8],
+        "target": "log",
+        "log_tabular": True,
+        "hidden": [],
+        "combined": 0,
+        "photo_head": "average",
+        "photo_pool": 4,
+        "photo_filters": [8],
     },
 }
 

@@ -22,10 +22,12 @@ import pandas as pd
 import pytest
 
 from pipeline import __main__ as cli_main
-from pipeline import predict, shards, train
+from pipeline import predict
+from pipeline.data import shards
+from pipeline.data.images import load, montage
 from pipeline.errors import PipelineError
-from pipeline.images import load, montage
 from pipeline.models import registry
+from pipeline.training import inputs
 from tests.pipeline_project import REPO, trained_project
 
 TINY = {
@@ -50,8 +52,10 @@ def project(trained: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return trained
 
 
-def evaluated(root: Path, variant: str, dataset: str, splits: tuple[str, ...] = ("test",)) -> tuple[pd.DataFrame, np.ndarray, object]:
-    """(rows, model outputs, model) as ``pipeline.evaluate`` computes them from the prepared shards of ``splits``."""
+def evaluated(
+    root: Path, variant: str, dataset: str, splits: tuple[str, ...] = ("test",)
+) -> tuple[pd.DataFrame, np.ndarray, object]:
+    """(rows, model outputs, model) as ``pipeline.stages.evaluate`` computes them from the prepared shards of ``splits``."""
     import keras
 
     model = keras.models.load_model(root / "models" / variant / "model.keras", safe_mode=True)
@@ -59,8 +63,10 @@ def evaluated(root: Path, variant: str, dataset: str, splits: tuple[str, ...] = 
     index = pd.concat([rows for rows, _ in loaded], ignore_index=True)
     images = np.concatenate([arrays for _, arrays in loaded])
     names = registry.get(TINY[variant]["model"]).inputs
-    y = train.targets(shards.meta(root / "data/prepared" / dataset), index)
-    ds = train.make_dataset(train.model_inputs(names, index, images), y, 64, None, as_dict=not isinstance(model, keras.Sequential))
+    y = inputs.targets(shards.meta(root / "data/prepared" / dataset), index)
+    ds = inputs.make_dataset(
+        inputs.model_inputs(names, index, images), y, 64, None, as_dict=not isinstance(model, keras.Sequential)
+    )
     return index, model.predict(ds, verbose=0).reshape(-1).astype(np.float64), model
 
 
@@ -90,7 +96,9 @@ def test_pets_raw_files_predict_as_evaluate_did(project: Path, tmp_path: Path, v
     import keras
 
     padded = np.stack([load(p, 96, "pad") for p in raw]).astype(np.float32)
-    ds = train.make_dataset({"image": padded}, np.zeros((len(raw), 1)), 64, None, as_dict=not isinstance(model, keras.Sequential))
+    ds = inputs.make_dataset(
+        {"image": padded}, np.zeros((len(raw), 1)), 64, None, as_dict=not isinstance(model, keras.Sequential)
+    )
     assert np.abs(model.predict(ds, verbose=0).reshape(-1) - served).max() > 100 * TOL
 
 
@@ -122,9 +130,11 @@ def test_houses_raw_lines_and_photos_predict_as_evaluate_did(project: Path, tmp_
     np.testing.assert_allclose([by_id[h]["ape"] for h in index.house_id], np.abs(served - actual) / actual * 100)
 
     # Negative control: tiling the same photos in another order changes the prices by far more than TOL.
-    swapped = np.stack([montage([load(project / "data/raw/houses" / p, 32) for p in reversed(ps.split(";"))]) for ps in index.photos])
-    x = train.model_inputs(("tabular", "zipcode", "image"), index, swapped)
-    p = model.predict(train.make_dataset(x, np.zeros((len(index), 1)), 64, None), verbose=0).reshape(-1)
+    swapped = np.stack(
+        [montage([load(project / "data/raw/houses" / p, 32) for p in reversed(ps.split(";"))]) for ps in index.photos]
+    )
+    x = inputs.model_inputs(("tabular", "zipcode", "image"), index, swapped)
+    p = model.predict(inputs.make_dataset(x, np.zeros((len(index), 1)), 64, None), verbose=0).reshape(-1)
     assert np.abs(p - served).max() / np.abs(served).mean() > 100 * TOL
 
 
@@ -164,7 +174,9 @@ def test_nothing_predicted_fails_after_writing_the_errors(project: Path, tmp_pat
 
 
 def test_unknown_variant_names_the_trained_ones(project: Path) -> None:
-    with pytest.raises(PipelineError, match=r"--variant 'nope': not a trained variant; trained: tiny_houses, tiny_pets, tiny_seq$"):
+    with pytest.raises(
+        PipelineError, match=r"--variant 'nope': not a trained variant; trained: tiny_houses, tiny_pets, tiny_seq$"
+    ):
         predict.main(["--variant", "nope", "x.jpg"])
 
 
@@ -196,7 +208,12 @@ def test_houses_per_house_errors(project: Path, tmp_path: Path) -> None:
     doc = run_json(tmp_path, "tiny_houses", tmp_path)  # a folder: its HousesInfo.txt
     rows = {r["house_id"]: r for r in doc["results"]}
     assert set(rows) == {1, 2, 3, 5, 6}  # line 4 is blank; line N is house N
-    assert rows[1]["error"] is None and isinstance(rows[1]["predicted_price"], float) and rows[1]["price"] is None and rows[1]["ape"] is None
+    assert (
+        rows[1]["error"] is None
+        and isinstance(rows[1]["predicted_price"], float)
+        and rows[1]["price"] is None
+        and rows[1]["ape"] is None
+    )
     assert rows[2]["error"] == "missing photo 2_kitchen.jpg"
     assert rows[3]["error"] == "3_frontal.jpg: empty file (0 bytes)"
     assert "must be numbers" in rows[5]["error"] and "expected 4 or 5 fields" in rows[6]["error"]
@@ -206,7 +223,13 @@ def test_houses_per_house_errors(project: Path, tmp_path: Path) -> None:
 
 
 def test_parse_house() -> None:
-    assert predict.parse_house("3 2.5 1800 92276") == {"bedrooms": 3.0, "bathrooms": 2.5, "area": 1800.0, "zipcode": "92276", "price": None}
+    assert predict.parse_house("3 2.5 1800 92276") == {
+        "bedrooms": 3.0,
+        "bathrooms": 2.5,
+        "area": 1800.0,
+        "zipcode": "92276",
+        "price": None,
+    }
     assert predict.parse_house("3 2.5 1800 92276 500000")["price"] == 500000.0
     for bad in ("3 2.5 1800", "3 2.5 nan 92276", "a b c d"):
         with pytest.raises(ValueError):

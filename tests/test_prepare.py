@@ -1,4 +1,4 @@
-"""Tests for pipeline.prepare: stratified seeded splits, the seed's houses split, shards and the stage's outputs."""
+"""Tests for pipeline.stages.prepare: stratified seeded splits, the seed's houses split, shards and the stage's outputs."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from pipeline import config, prepare
+from pipeline import config
 from pipeline.config import HOUSE_ROOMS, SPLITS, Split
+from pipeline.data import splits
+from pipeline.data.images import load, montage
 from pipeline.errors import PipelineError
-from pipeline.images import load, montage
+from pipeline.stages import prepare
 from tests.pipeline_project import chdir, copy_project, demo_project, edit_params, tree_digest
 
 FRACTIONS = Split(0.7, 0.15, 0.15, per_class=False)
@@ -37,7 +39,7 @@ def per_label_counts(frame: pd.DataFrame, assignment: pd.Series) -> dict[str, di
 
 def test_split_classes_is_stratified() -> None:
     frame = pets_frame({"A": 60, "B": 40})
-    assignment = prepare.split_classes(frame, FRACTIONS, seed=1)
+    assignment = splits.split_classes(frame, FRACTIONS, seed=1)
     assert per_label_counts(frame, assignment) == {
         "A": {"test": 9, "train": 42, "val": 9},
         "B": {"test": 6, "train": 28, "val": 6},
@@ -47,24 +49,24 @@ def test_split_classes_is_stratified() -> None:
 
 def test_split_classes_is_seeded() -> None:
     frame = pets_frame({"A": 60, "B": 40})
-    first = prepare.split_classes(frame, FRACTIONS, seed=1)
-    assert first.equals(prepare.split_classes(frame, FRACTIONS, seed=1))
-    other = prepare.split_classes(frame, FRACTIONS, seed=2)
+    first = splits.split_classes(frame, FRACTIONS, seed=1)
+    assert first.equals(splits.split_classes(frame, FRACTIONS, seed=1))
+    other = splits.split_classes(frame, FRACTIONS, seed=2)
     assert not first.equals(other)
     assert per_label_counts(frame, first) == per_label_counts(frame, other)
 
 
 def test_split_classes_ignores_row_order() -> None:
     frame = pets_frame({"A": 60, "B": 40}, dup_groups=5)
-    expected = dict(zip(frame.path, prepare.split_classes(frame, FRACTIONS, seed=7)))
+    expected = dict(zip(frame.path, splits.split_classes(frame, FRACTIONS, seed=7)))
     shuffled = frame.sample(frac=1, random_state=3).reset_index(drop=True)
     assert not shuffled.path.equals(frame.path)
-    assert dict(zip(shuffled.path, prepare.split_classes(shuffled, FRACTIONS, seed=7))) == expected
+    assert dict(zip(shuffled.path, splits.split_classes(shuffled, FRACTIONS, seed=7))) == expected
 
 
 def test_split_classes_keeps_identical_bytes_together() -> None:
     frame = pets_frame({"A": 40, "B": 40}, dup_groups=20)
-    frame["split"] = prepare.split_classes(frame, FRACTIONS, seed=0)
+    frame["split"] = splits.split_classes(frame, FRACTIONS, seed=0)
     assert frame.groupby("sha256").split.nunique().max() == 1
     dups = frame[frame.sha256.str.startswith("dup")]
     assert dups.split.nunique() > 1  # the groups themselves are spread over the splits
@@ -74,7 +76,7 @@ def test_split_classes_keeps_identical_bytes_together() -> None:
 
 def test_split_classes_per_class_counts() -> None:
     frame = pets_frame({"A": 60, "B": 40})
-    assignment = prepare.split_classes(frame, Split(5.0, 3.0, 2.0, per_class=True), seed=0)
+    assignment = splits.split_classes(frame, Split(5.0, 3.0, 2.0, per_class=True), seed=0)
     assert per_label_counts(frame, assignment) == {
         "A": {"": 50, "test": 2, "train": 5, "val": 3},
         "B": {"": 30, "test": 2, "train": 5, "val": 3},
@@ -84,7 +86,7 @@ def test_split_classes_per_class_counts() -> None:
 def test_split_classes_too_few_images_names_the_class() -> None:
     frame = pets_frame({"A": 60, "B": 40})
     with pytest.raises(PipelineError, match=r"class 'B' has 40 usable images, fewer than train\+val\+test = 50"):
-        prepare.split_classes(frame, Split(30.0, 10.0, 10.0, per_class=True), seed=0)
+        splits.split_classes(frame, Split(30.0, 10.0, 10.0, per_class=True), seed=0)
 
 
 # --------------------------------------------------------------------------- houses
@@ -111,28 +113,28 @@ def photo_sha(table: pd.DataFrame) -> pd.DataFrame:
 
 def test_filter_zipcodes() -> None:
     table = pd.DataFrame({"house_id": range(1, 10), "zipcode": ["a"] * 5 + ["b"] * 3 + ["c"]})
-    kept = prepare.filter_zipcodes(table, 3)
+    kept = splits.filter_zipcodes(table, 3)
     assert kept.house_id.tolist() == list(range(1, 9))
     assert kept.index.tolist() == list(range(8))
-    assert prepare.filter_zipcodes(table, 1).equals(table)
+    assert splits.filter_zipcodes(table, 1).equals(table)
 
 
 def test_filter_zipcodes_keeping_nothing_fails() -> None:
     table = pd.DataFrame({"house_id": range(1, 10), "zipcode": ["a"] * 5 + ["b"] * 3 + ["c"]})
     with pytest.raises(PipelineError, match=r"min_houses_per_zip=6 leaves no house \(largest zip code has 5 houses\)"):
-        prepare.filter_zipcodes(table, 6)
+        splits.filter_zipcodes(table, 6)
 
 
 @pytest.fixture
 def kept() -> pd.DataFrame:
     """A filtered table: its index has gaps, as after filter_zipcodes."""
-    return prepare.filter_zipcodes(houses_table(), 10)
+    return splits.filter_zipcodes(houses_table(), 10)
 
 
 def test_split_houses_is_the_seeds_train_test_split(kept: pd.DataFrame) -> None:
     assert len(kept) < 120 and not kept.index.equals(pd.RangeIndex(len(kept)))
     seed_train, seed_test = train_test_split(kept, test_size=0.25, random_state=42)
-    got = prepare.split_houses(kept, photo_sha(kept), Split(0.75, 0.0, 0.25, False), 42, group_duplicates=True)
+    got = splits.split_houses(kept, photo_sha(kept), Split(0.75, 0.0, 0.25, False), 42, group_duplicates=True)
     assert got.index.equals(kept.index)
     assert set(got[got == "test"].index) == set(seed_test.index)
     assert set(got[got == "train"].index) == set(seed_train.index)
@@ -142,16 +144,16 @@ def test_split_houses_is_the_seeds_train_test_split(kept: pd.DataFrame) -> None:
 def test_split_houses_carves_val_from_train(kept: pd.DataFrame) -> None:
     seed_train, seed_test = train_test_split(kept, test_size=0.25, random_state=42)
     _, seed_val = train_test_split(seed_train, test_size=0.15 / 0.75, random_state=42)
-    got = prepare.split_houses(kept, photo_sha(kept), Split(0.6, 0.15, 0.25, False), 42, group_duplicates=True)
+    got = splits.split_houses(kept, photo_sha(kept), Split(0.6, 0.15, 0.25, False), 42, group_duplicates=True)
     assert set(got[got == "test"].index) == set(seed_test.index)
     assert set(got[got == "val"].index) == set(seed_val.index)
-    other = prepare.split_houses(kept, photo_sha(kept), Split(0.6, 0.15, 0.25, False), 43, group_duplicates=True)
+    other = splits.split_houses(kept, photo_sha(kept), Split(0.6, 0.15, 0.25, False), 43, group_duplicates=True)
     assert not other.equals(got)
 
 
 def test_split_houses_sharing_a_photo_end_in_one_split(kept: pd.DataFrame) -> None:
     split = Split(0.6, 0.15, 0.25, False)
-    plain = prepare.split_houses(kept, photo_sha(kept), split, 42, group_duplicates=True)
+    plain = splits.split_houses(kept, photo_sha(kept), split, 42, group_duplicates=True)
     house = dict(zip(kept.house_id, plain))
     train_h = next(h for h, s in house.items() if s == "train")
     val_h = next(h for h, s in house.items() if s == "val")
@@ -159,13 +161,13 @@ def test_split_houses_sharing_a_photo_end_in_one_split(kept: pd.DataFrame) -> No
     photos = photo_sha(kept)
     photos.loc[(photos.house_id == test_a) & (photos.label == "kitchen"), "sha256"] = f"{train_h}-bedroom"
     photos.loc[(photos.house_id == test_b) & (photos.label == "frontal"), "sha256"] = f"{val_h}-frontal"
-    grouped = dict(zip(kept.house_id, prepare.split_houses(kept, photos, split, 42, group_duplicates=True)))
+    grouped = dict(zip(kept.house_id, splits.split_houses(kept, photos, split, 42, group_duplicates=True)))
     assert grouped[test_a] == grouped[train_h] == "train"  # the earliest split wins
     assert grouped[test_b] == grouped[val_h] == "val"
     others = set(house) - {test_a, test_b}
     assert {h: grouped[h] for h in others} == {h: house[h] for h in others}
     # group_duplicates: false reproduces the seed's split, leaks included
-    leaky = dict(zip(kept.house_id, prepare.split_houses(kept, photos, split, 42, group_duplicates=False)))
+    leaky = dict(zip(kept.house_id, splits.split_houses(kept, photos, split, 42, group_duplicates=False)))
     assert leaky == house
 
 
@@ -180,7 +182,13 @@ def test_write_shards_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test-000.npy", "train-000.npy", "train-001.npy", "val-000.npy"]
     assert out.id.tolist() == list(range(len(splits)))
     assert out.shard.str.removesuffix(".npy").tolist() == [
-        "train-000", "val-000", "train-000", "test-000", "train-000", "val-000", "train-001"
+        "train-000",
+        "val-000",
+        "train-000",
+        "test-000",
+        "train-000",
+        "val-000",
+        "train-001",
     ]
     assert out.offset.tolist() == [0, 0, 1, 0, 2, 1, 0]
     for row in out.itertuples():

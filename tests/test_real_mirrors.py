@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import download, prepare, stats, validate
 from pipeline.errors import PipelineError
+from pipeline.stages import download, prepare, stats, validate
 from tests.conftest import REPO
 from tests.httpserver import serve
 
@@ -35,7 +35,9 @@ REJECTED = {
     "PetImages/Dog/20004.jpg",
     "PetImages/Cat/20009.jpg",
 }
-WARNED = {f"PetImages/{c}/2000{i}.jpg" for c, i in [("Cat", 1), ("Dog", 2), ("Cat", 3), ("Cat", 5), ("Dog", 6), ("Cat", 7), ("Dog", 8)]}
+WARNED = {
+    f"PetImages/{c}/2000{i}.jpg" for c, i in [("Cat", 1), ("Dog", 2), ("Cat", 3), ("Cat", 5), ("Dog", 6), ("Cat", 7), ("Dog", 8)]
+}
 
 
 def _real_params(root: Path, mirror: str) -> None:

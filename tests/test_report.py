@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.report import leaderboard, scalars
+from pipeline.stages.report import leaderboard, scalars
 
 METRICS = {
     "a": {"task": "binary_classification", "dataset": "pets", "accuracy": 0.8, "roc_auc": math.nan, "parameters": 10},

@@ -25,7 +25,13 @@ BASE = {
 
 
 def _plan(tmp_path: Path, **overrides: object) -> Path:
-    plan = {"mirror": "datasets", "port": 8765, "houses_split_seeds": [42, 1], "params": {"data": {"profile": "real"}}, **overrides}
+    plan = {
+        "mirror": "datasets",
+        "port": 8765,
+        "houses_split_seeds": [42, 1],
+        "params": {"data": {"profile": "real"}},
+        **overrides,
+    }
     path = tmp_path / "results.yaml"
     path.write_text(yaml.safe_dump(plan))
     return path
@@ -47,7 +53,13 @@ def test_load_plan_resolves_the_mirror_next_to_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "culprit"),
-    [({"extra": 1}, "expected exactly the keys"), ({"houses_split_seeds": []}, "houses_split_seeds"), ({"houses_split_seeds": [1, 1]}, "houses_split_seeds"), ({"port": 80}, "port"), ({"params": [1]}, "params")],
+    [
+        ({"extra": 1}, "expected exactly the keys"),
+        ({"houses_split_seeds": []}, "houses_split_seeds"),
+        ({"houses_split_seeds": [1, 1]}, "houses_split_seeds"),
+        ({"port": 80}, "port"),
+        ({"params": [1]}, "params"),
+    ],
 )
 def test_load_plan_rejects_a_bad_plan_naming_the_key(tmp_path: Path, overrides: dict, culprit: str) -> None:
     with pytest.raises(results.ResultsError, match=culprit):
@@ -55,7 +67,10 @@ def test_load_plan_rejects_a_bad_plan_naming_the_key(tmp_path: Path, overrides: 
 
 
 def test_merge_is_deep_and_leaves_its_inputs_alone() -> None:
-    overlay = {"prepare": {"pets": {"split": {"train": 1000, "val": 500, "test": 500}}}, "variants": {"cnn": {"train": {"epochs": 9}}}}
+    overlay = {
+        "prepare": {"pets": {"split": {"train": 1000, "val": 500, "test": 500}}},
+        "variants": {"cnn": {"train": {"epochs": 9}}},
+    }
     merged = results.merge(BASE, overlay)
     assert merged["prepare"]["pets"] == {"image_size": 64, "split": {"train": 1000, "val": 500, "test": 500}}
     assert merged["variants"]["cnn"] == {"dataset": "pets", "model": "cnn_functional", "train": {"epochs": 9}}
@@ -78,13 +93,26 @@ def test_figures_read_the_runs_outputs_and_name_a_missing_file(tmp_path: Path) -
     (tmp_path / "models" / "mlp").mkdir(parents=True)
     (tmp_path / "reports/metrics/mlp.json").write_text(json.dumps({"ape_mean": 20.0, "ape_std": 15.0, "examples": 91}))
     (tmp_path / "models/mlp/train_summary.json").write_text(json.dumps({"train_seconds": 12.34, "images_seen": 100, "epochs": 5}))
-    assert results.houses_figures(tmp_path, "mlp") == {"mape_mean": 20.0, "mape_std": 15.0, "test_houses": 91, "train_seconds": 12.3}
+    assert results.houses_figures(tmp_path, "mlp") == {
+        "mape_mean": 20.0,
+        "mape_std": 15.0,
+        "test_houses": 91,
+        "train_seconds": 12.3,
+    }
     with pytest.raises(results.ResultsError, match="reports/metrics/cnn.json"):
         results.pets_figures(tmp_path, "cnn")
     (tmp_path / "models" / "cnn").mkdir()
     (tmp_path / "reports/metrics/cnn.json").write_text(json.dumps({"accuracy": 0.8, "roc_auc": 0.9}))
-    (tmp_path / "models/cnn/train_summary.json").write_text(json.dumps({"train_seconds": 60.04, "images_seen": 40000, "epochs": 20}))
-    assert results.pets_figures(tmp_path, "cnn") == {"test_accuracy": 0.8, "roc_auc": 0.9, "image_passes": 40000, "epochs": 20, "train_seconds": 60.0}
+    (tmp_path / "models/cnn/train_summary.json").write_text(
+        json.dumps({"train_seconds": 60.04, "images_seen": 40000, "epochs": 20})
+    )
+    assert results.pets_figures(tmp_path, "cnn") == {
+        "test_accuracy": 0.8,
+        "roc_auc": 0.9,
+        "image_passes": 40000,
+        "epochs": 20,
+        "train_seconds": 60.0,
+    }
 
 
 def test_houses_entry_puts_the_seed_split_first_and_averages_every_split() -> None:
@@ -95,7 +123,10 @@ def test_houses_entry_puts_the_seed_split_first_and_averages_every_split() -> No
 
 def test_table_and_readme_markers(tmp_path: Path) -> None:
     figures = {
-        "pets": {"a": {"test_accuracy": 0.7, "image_passes": 20000, "train_seconds": 60.0}, "b": {"test_accuracy": 0.8, "image_passes": 40000, "train_seconds": 90.0}},
+        "pets": {
+            "a": {"test_accuracy": 0.7, "image_passes": 20000, "train_seconds": 60.0},
+            "b": {"test_accuracy": 0.8, "image_passes": 40000, "train_seconds": 90.0},
+        },
         "houses": {"m": results.houses_entry({42: {"mape_mean": 20.0, "mape_std": 2.0}}, (42,))},
     }
     text = results.table(figures)

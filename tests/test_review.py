@@ -45,7 +45,11 @@ def test_review_threshold_parses_and_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("section", "fragment"),
-    [({"treshold": 0.1}, "review.treshold: unknown key"), ({"threshold": -1}, "review.threshold"), ({"threshold": "2%"}, "review.threshold")],
+    [
+        ({"treshold": 0.1}, "review.treshold: unknown key"),
+        ({"threshold": -1}, "review.threshold"),
+        ({"threshold": "2%"}, "review.threshold"),
+    ],
 )
 def test_review_section_errors_name_the_key(section: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -61,8 +65,24 @@ def verdicts(base: dict, head: dict, threshold: float = 0.02) -> dict[str, tuple
 
 def test_direction_follows_the_metric_sense() -> None:
     out = verdicts(
-        {"accuracy": 0.80, "mape": 30.0, "rmse": 10.0, "roc_auc": 0.9, "images_per_s": 100.0, "parameters": 10, "train_seconds": 5.0},
-        {"accuracy": 0.90, "mape": 20.0, "rmse": 11.0, "roc_auc": 0.8, "images_per_s": 50.0, "parameters": 20, "train_seconds": 9.0},
+        {
+            "accuracy": 0.80,
+            "mape": 30.0,
+            "rmse": 10.0,
+            "roc_auc": 0.9,
+            "images_per_s": 100.0,
+            "parameters": 10,
+            "train_seconds": 5.0,
+        },
+        {
+            "accuracy": 0.90,
+            "mape": 20.0,
+            "rmse": 11.0,
+            "roc_auc": 0.8,
+            "images_per_s": 50.0,
+            "parameters": 20,
+            "train_seconds": 9.0,
+        },
     )
     assert out["accuracy"][0] == "better"  # higher is better
     assert out["mape"][0] == "better"  # lower is better
@@ -87,7 +107,12 @@ def test_metrics_on_one_side_nan_and_non_numbers() -> None:
         {"accuracy": 0.5, "roc_auc": float("nan"), "gone": 1.0, "task": "x", "flag": True, "confusion_matrix": {"matrix": [[1]]}},
         {"accuracy": 0.5, "roc_auc": 0.7, "knn_accuracy": 0.6, "task": "y"},
     )
-    assert out == {"accuracy": ("same", False), "roc_auc": ("n/a", False), "knn_accuracy": ("new", False), "gone": ("removed", False)}
+    assert out == {
+        "accuracy": ("same", False),
+        "roc_auc": ("n/a", False),
+        "knn_accuracy": ("new", False),
+        "gone": ("removed", False),
+    }
 
 
 # --------------------------------------------------------------------------- params
@@ -116,7 +141,9 @@ def test_param_diff_names_the_variant_override_key() -> None:
 
 
 def test_param_diff_writing_a_default_out_is_no_change() -> None:
-    head = with_variants(variants__lenet5={"dataset": "pets", "model": "lenet5", "dropout": 0.0, "train": {"learning_rate": 0.001}})
+    head = with_variants(
+        variants__lenet5={"dataset": "pets", "model": "lenet5", "dropout": 0.0, "train": {"learning_rate": 0.001}}
+    )
     per_variant, _ = review.diff_params(RAW, head)
     assert per_variant["lenet5"] == []
 
@@ -156,14 +183,18 @@ def test_new_and_removed_variants() -> None:
 
 
 def test_stale_stages_compare_dvc_lock_with_params() -> None:
-    lock = {"stages": {
-        "train@a": {"params": {"params.yaml": {"train": {"epochs": 4}, "variants.a": {"model": "x"}}}},
-        "train@b": {"params": {"params.yaml": {"variants.b": {"model": "y"}}}},
-        "download@pets": {"cmd": "python -m pipeline download pets"},
-    }}
+    lock = {
+        "stages": {
+            "train@a": {"params": {"params.yaml": {"train": {"epochs": 4}, "variants.a": {"model": "x"}}}},
+            "train@b": {"params": {"params.yaml": {"variants.b": {"model": "y"}}}},
+            "download@pets": {"cmd": "python -m pipeline download pets"},
+        }
+    }
     params = {"train": {"epochs": 4}, "variants": {"a": {"model": "x"}, "b": {"model": "z"}}}
     assert review.stale_stages(params, lock) == ["train@b"]
-    assert review.stale_stages({"train": {"epochs": 5}, "variants": {"a": {"model": "x"}, "b": {"model": "y"}}}, lock) == ["train@a"]
+    assert review.stale_stages({"train": {"epochs": 5}, "variants": {"a": {"model": "x"}, "b": {"model": "y"}}}, lock) == [
+        "train@a"
+    ]
     # DVC keeps a removed variant's entry in dvc.lock: that is not a stale output
     assert review.stale_stages({"train": {"epochs": 4}, "variants": {"b": {"model": "y"}}}, lock) == []
 
@@ -188,7 +219,11 @@ def side(label: str, params: dict, metrics: dict, **kw: Any) -> Side:
 
 
 def test_stats_and_validation_changes() -> None:
-    stats = {"examples": 10, "image": {"mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0], "pixels": 5}, "class_weights": {"balanced": {"Cat": 0.5}}}
+    stats = {
+        "examples": 10,
+        "image": {"mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0], "pixels": 5},
+        "class_weights": {"balanced": {"Cat": 0.5}},
+    }
     moved = copy.deepcopy(stats)
     moved["image"]["mean"] = [1.5, 2.0, 3.0]
     moved["image"]["pixels"] = 6  # not compared: derived
@@ -200,7 +235,12 @@ def test_stats_and_validation_changes() -> None:
     val = review.diff_validation(
         "pets",
         {"files": 10, "accepted": 9, "rejected_count": 1, "rejected": [{"path": "a.jpg", "reason": "empty"}]},
-        {"files": 10, "accepted": 8, "rejected_count": 2, "rejected": [{"path": "a.jpg", "reason": "empty"}, {"path": "b.jpg", "reason": "truncated"}]},
+        {
+            "files": 10,
+            "accepted": 8,
+            "rejected_count": 2,
+            "rejected": [{"path": "a.jpg", "reason": "empty"}, {"path": "b.jpg", "reason": "truncated"}],
+        },
     )
     assert val.changed and val.newly_rejected == ["b.jpg: truncated"] and val.no_longer_rejected == []
     result = review.compare(
@@ -218,14 +258,28 @@ def test_markdown_and_html_render_the_same_review() -> None:
     head = with_variants(variants__lenet5__train={"learning_rate": 0.01})
     png = b"\x89PNG\r\n\x1a\nfake"
     result = review.compare(
-        side("main", RAW, {"lenet5": ACC(0.80), "alexnet": ACC(0.70)}, runs={"lenet5": "r1", "alexnet": "r2"}, images={"lenet5": {"roc.png": png}}),
-        side("workspace", head, {"lenet5": ACC(0.90), "alexnet": ACC(0.70)}, runs={"lenet5": "r3", "alexnet": "r2"},
-             images={"lenet5": {"roc.png": png + b"2"}, "augmentation": {"pets.png": png}}),
+        side(
+            "main",
+            RAW,
+            {"lenet5": ACC(0.80), "alexnet": ACC(0.70)},
+            runs={"lenet5": "r1", "alexnet": "r2"},
+            images={"lenet5": {"roc.png": png}},
+        ),
+        side(
+            "workspace",
+            head,
+            {"lenet5": ACC(0.90), "alexnet": ACC(0.70)},
+            runs={"lenet5": "r3", "alexnet": "r2"},
+            images={"lenet5": {"roc.png": png + b"2"}, "augmentation": {"pets.png": png}},
+        ),
         0.02,
     )
     md = review.render_md(result)
     assert md.startswith(review.MARKER + "\n")
-    assert "| `lenet5` | pets | accuracy | 0.8000 → 0.9000 | +0.1000 (+12.5 %) ⚠ | better | `variants.lenet5.train.learning_rate` |" in md
+    assert (
+        "| `lenet5` | pets | accuracy | 0.8000 → 0.9000 | +0.1000 (+12.5 %) ⚠ | better | `variants.lenet5.train.learning_rate` |"
+        in md
+    )
     assert "| `alexnet` | pets | accuracy | 0.7000 → 0.7000 | 0 | same |  |" in md
     assert "<summary><b>lenet5</b>: accuracy better (+12.5 %), 1 param changed, ⚠ 1 above 2 %</summary>" in md
     assert "<summary><b>alexnet</b>" not in md  # nothing changed: no details
@@ -239,7 +293,7 @@ def test_markdown_and_html_render_the_same_review() -> None:
 
 
 def test_pure_modules_do_not_import_tensorflow() -> None:
-    code = "import sys, pipeline.review, pipeline.report; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    code = "import sys, pipeline.review, pipeline.stages.report; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
@@ -394,7 +448,10 @@ def sh(cwd: Path, *command: str) -> str:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
         "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
     }
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
@@ -453,7 +510,10 @@ def test_end_to_end_report_shows_exactly_the_change(two_commits: tuple[Path, str
     assert f"## Pipeline review: `{base[:7]}` → `workspace`" in md
     assert "**1 of 3 variants changed**; 1 with param changes; 0 new; 0 removed; 1 metric change above the 2 % threshold ⚠" in md
     # headline: the learning rate moved lenet5's accuracy 0.81 -> 0.83 (+2.5 %: beyond 2 %), nothing else moved
-    assert "| `lenet5` | pets | accuracy | 0.8100 → 0.8300 | +0.0200 (+2.5 %) ⚠ | better | `variants.lenet5.train.learning_rate` |" in md
+    assert (
+        "| `lenet5` | pets | accuracy | 0.8100 → 0.8300 | +0.0200 (+2.5 %) ⚠ | better | `variants.lenet5.train.learning_rate` |"
+        in md
+    )
     assert "| `alexnet` | pets | accuracy | 0.8100 → 0.8100 | 0 | same |  |" in md
     assert "| `mlp_tabular` | houses | mape | 31.00 → 31.00 | 0 | same |  |" in md
     # details: exactly one section, lenet5's, with exactly one param change
@@ -496,8 +556,18 @@ def test_end_to_end_report_shows_exactly_the_change(two_commits: tuple[Path, str
 def test_end_to_end_pr_comment_dry_run(two_commits: tuple[Path, str]) -> None:
     root, base = two_commits
     assert review.missing_at(root, base) == []
-    body = sh(root, sys.executable, str(REPO / "scripts/pr_comment.py"), "--base", base, "--dry-run",
-              "--output", "reports/review.md", "--html", "reports/review.html")
+    body = sh(
+        root,
+        sys.executable,
+        str(REPO / "scripts/pr_comment.py"),
+        "--base",
+        base,
+        "--dry-run",
+        "--output",
+        "reports/review.md",
+        "--html",
+        "reports/review.html",
+    )
     assert body == (root / "reports/review.md").read_text()
     assert body.startswith(review.MARKER + "\n")
     assert "| `variants.lenet5.train.learning_rate` | 0.001 | 0.003 |" in body
@@ -519,7 +589,9 @@ def test_end_to_end_experiment_and_missing_cache(two_commits: tuple[Path, str], 
     # params edited without `dvc repro`: the workspace's outputs are older, and the report says so
     set_param(repo, "variants.alexnet.dropout", 0.1)
     notes = review.review(repo, "HEAD").notes
-    assert notes == ["workspace: outputs older than params.yaml (stages `train@alexnet`): run `dvc repro` (or `make review`) first"]
+    assert notes == [
+        "workspace: outputs older than params.yaml (stages `train@alexnet`): run `dvc repro` (or `make review`) first"
+    ]
     # the base's outputs gone from the DVC cache: listed, the report still renders
     shutil.rmtree(repo / ".dvc" / "cache")
     missing = review.missing_at(repo, "HEAD~1")
@@ -536,7 +608,9 @@ def test_rebuild_base_reproduces_missing_outputs_in_a_worktree(two_commits: tupl
     assert review.missing_at(repo, "HEAD~1")
     result = review.review(repo, "HEAD~1", rebuild=True)
     assert result.base.endswith(", rebuilt") and (repo / review.BUILT).is_dir()
-    assert {v.name: v.params for v in result.variants if v.changed} == {"lenet5": [Change("variants.lenet5.train.learning_rate", 0.001, 0.003)]}
+    assert {v.name: v.params for v in result.variants if v.changed} == {
+        "lenet5": [Change("variants.lenet5.train.learning_rate", 0.001, 0.003)]
+    }
     assert not result.notes
     again = review.review(repo, "HEAD~1", rebuild=True)  # the worktree is reused
     assert [v.name for v in again.variants if v.changed] == ["lenet5"]
@@ -545,7 +619,13 @@ def test_rebuild_base_reproduces_missing_outputs_in_a_worktree(two_commits: tupl
 def test_unknown_revision_is_one_line(two_commits: tuple[Path, str]) -> None:
     root, _ = two_commits
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "pipeline", "report", "--base", "no-such-branch"], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "report", "--base", "no-such-branch"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "no-such-branch" in result.stderr

@@ -27,10 +27,18 @@ pytestmark = pytest.mark.slow
 
 def sh(cwd: Path, *command: str, timeout: int = 900) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done.stdout + done.stderr
 
 
@@ -43,7 +51,9 @@ def edit(root: Path, change) -> None:  # noqa: ANN001 - a function of the parsed
 def runs(root: Path) -> list[tuple[str, str]]:
     """(run name, stage tag) of every run in the clone's default store."""
     with sqlite3.connect(root / "mlflow.db") as db:
-        return db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'dvc.stage'").fetchall()
+        return db.execute(
+            "select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid and t.key = 'dvc.stage'"
+        ).fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -120,5 +130,6 @@ def test_queued_experiments_log_into_the_project_store(clone: Path) -> None:
     with sqlite3.connect(clone / "mlflow.db") as db:
         logged = db.execute(
             "select p.value, m.value from runs r join params p on p.run_uuid = r.run_uuid and p.key = 'train.learning_rate' "
-            "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_accuracy' where r.name = 'lenet5'").fetchall()
+            "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_accuracy' where r.name = 'lenet5'"
+        ).fetchall()
     assert {(float(rate), acc) for rate, acc in logged} >= accuracies  # the experiments' runs, evaluated, in the project's store

@@ -1,4 +1,4 @@
-"""Tests for pipeline.stats: pixel statistics, class weights, tabular scalers, and the stage on train data only."""
+"""Tests for pipeline.stages.stats: pixel statistics, class weights, tabular scalers, and the stage on train data only."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import stats
 from pipeline.errors import PipelineError
+from pipeline.stages import stats
 from tests.pipeline_project import demo_project
 
 

@@ -17,14 +17,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config, train
+from pipeline import config
 from pipeline.errors import PipelineError
+from pipeline.stages import train
+from pipeline.training import inputs, loop
 from tests.pipeline_project import copy_project, trained_project
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 TINY = {
-    "tiny_cnn": {"dataset": "pets", "model": "cnn_functional", "augment": True, "width": 0.25, "train": {"epochs": 2, "batch_size": 32}},
+    "tiny_cnn": {
+        "dataset": "pets",
+        "model": "cnn_functional",
+        "augment": True,
+        "width": 0.25,
+        "train": {"epochs": 2, "batch_size": 32},
+    },
     "tiny_seq": {"dataset": "pets", "model": "cnn_sequential", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
     "tiny_mixed": {"dataset": "houses", "model": "mixed_inputs", "train": {"epochs": 2, "batch_size": 16}},
 }
@@ -76,8 +84,8 @@ def test_metrics_and_plots(trained: Path) -> None:
 def test_model_reloads_safely_and_predicts_the_same(trained: Path) -> None:
     import keras
 
-    from pipeline import shards
-    from pipeline.train import make_dataset, model_inputs
+    from pipeline.data import shards
+    from pipeline.training.inputs import make_dataset, model_inputs
 
     model = keras.models.load_model(trained / "models/tiny_mixed/model.keras", safe_mode=True)
     index, images = shards.load_split(trained / "data/prepared/houses", "test")
@@ -109,7 +117,7 @@ def test_mlflow_model_has_signature_and_input_example(trained: Path, variant: st
     from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
 
     from pipeline.models import registry
-    from pipeline.train import make_dataset
+    from pipeline.stages.train import make_dataset
 
     client, run = _run(trained, variant)
     assert [m["artifact_path"] for m in json.loads(run.data.tags[MLFLOW_LOGGED_MODELS])] == ["model"]  # the UI's model view
@@ -150,8 +158,16 @@ def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: p
     "variant, change, message",
     [
         ("tiny_cnn", {"model": "mlp_tabular"}, r"variants\.tiny_cnn: model 'mlp_tabular' is for regression"),
-        ("tiny_mixed", {"train": {"mixup": 0.2}}, r"variants\.tiny_mixed\.train: mixup / cutmix .* 'mixed_inputs' takes tabular, zipcode, image"),
-        ("tiny_cnn", {"model": "resnet", "extra": {"stem": "tall"}}, r"variants\.tiny_cnn: resnet: extra\.stem 'tall' is not one of single, deep"),
+        (
+            "tiny_mixed",
+            {"train": {"mixup": 0.2}},
+            r"variants\.tiny_mixed\.train: mixup / cutmix .* 'mixed_inputs' takes tabular, zipcode, image",
+        ),
+        (
+            "tiny_cnn",
+            {"model": "resnet", "extra": {"stem": "tall"}},
+            r"variants\.tiny_cnn: resnet: extra\.stem 'tall' is not one of single, deep",
+        ),
         (
             "tiny_cnn",
             {"model": "transfer_finetune", "extra": {"finetune_epochs": 2}, "train": {"epochs": 4, "warmup": 2}},
@@ -178,7 +194,7 @@ def test_a_bad_variant_fails_before_training_naming_the_culprit(
 @pytest.mark.parametrize("schedule, after", [("cosine", [0.05, 0.0]), ("constant", [0.1, 0.1])])
 def test_warmup_ramps_linearly_into_the_schedule(schedule: str, after: list[float]) -> None:
     cfg = dataclasses.replace(config.load(REPO_PARAMS).train, epochs=4, learning_rate=0.1, schedule=schedule, warmup=2)
-    rate = train.learning_rate(cfg, steps_per_epoch=10)
+    rate = loop.learning_rate(cfg, steps_per_epoch=10)
     at = {step: float(rate(step)) for step in (0, 10, 20, 30, 40)}
     np.testing.assert_allclose([at[0], at[10], at[20]], [0.0, 0.05, 0.1], atol=1e-7)  # 2 epochs x 10 steps of ramp
     np.testing.assert_allclose([at[30], at[40]], after, atol=1e-7)  # half-way through the cosine, and its end
@@ -187,10 +203,12 @@ def test_warmup_ramps_linearly_into_the_schedule(schedule: str, after: list[floa
 def test_a_variant_image_size_above_the_prepared_size_names_the_key() -> None:
     variant = config.load(REPO_PARAMS).variants["resnet"]
     stats = {"image": {"mean": [120.0] * 3, "variance": [3600.0] * 3}}
-    spec = train.model_spec(dataclasses.replace(variant, image_size=64), {"image_size": 96}, stats)
+    spec = loop.model_spec(dataclasses.replace(variant, image_size=64), {"image_size": 96}, stats)
     assert (spec.image_size, spec.input_size) == (64, 96)
-    with pytest.raises(PipelineError, match=r"variants\.resnet\.image_size: 128 px; the model resizes the prepared 96 px images down"):
-        train.model_spec(dataclasses.replace(variant, image_size=128), {"image_size": 96}, stats)
+    with pytest.raises(
+        PipelineError, match=r"variants\.resnet\.image_size: 128 px; the model resizes the prepared 96 px images down"
+    ):
+        loop.model_spec(dataclasses.replace(variant, image_size=128), {"image_size": 96}, stats)
 
 
 def test_make_dataset_mixes_train_batches_reproducibly() -> None:
@@ -198,12 +216,14 @@ def test_make_dataset_mixes_train_batches_reproducibly() -> None:
     labels = np.array([[0.0], [1.0]] * 8, np.float32)
 
     def epoch(seed: int) -> np.ndarray:
-        return np.concatenate([y for _, y in train.make_dataset({"image": images}, labels, 16, seed, mix=(0.4, 1.0)).as_numpy_iterator()])
+        return np.concatenate(
+            [y for _, y in inputs.make_dataset({"image": images}, labels, 16, seed, mix=(0.4, 1.0)).as_numpy_iterator()]
+        )
 
     soft = epoch(3)
     assert ((soft > 0) & (soft < 1)).any() and sorted(np.unique(labels)) == [0.0, 1.0]
     np.testing.assert_array_equal(epoch(3), soft)
-    y_plain = np.concatenate([y for _, y in train.make_dataset({"image": images}, labels, 16, 3).as_numpy_iterator()])
+    y_plain = np.concatenate([y for _, y in inputs.make_dataset({"image": images}, labels, 16, 3).as_numpy_iterator()])
     assert set(np.unique(y_plain)) == {0.0, 1.0}  # without mix: the labels as given
 
 
@@ -218,11 +238,14 @@ def test_report_leaderboard(trained: Path) -> None:
 
 
 def test_class_weight_choices() -> None:
-    stats = {"classes": ["Cat", "Dog"], "class_weights": {"balanced": {"Cat": 0.6, "Dog": 2.0}, "inverse": {"Cat": 1.3, "Dog": 4.0}}}
+    stats = {
+        "classes": ["Cat", "Dog"],
+        "class_weights": {"balanced": {"Cat": 0.6, "Dog": 2.0}, "inverse": {"Cat": 1.3, "Dog": 4.0}},
+    }
     base = config.load(REPO_PARAMS).train
 
     def weights(choice: Any, stats: dict = stats) -> dict | None:
-        return train.class_weight(dataclasses.replace(base, class_weight=choice), stats)
+        return loop.class_weight(dataclasses.replace(base, class_weight=choice), stats)
 
     assert weights("balanced") == {0: 0.6, 1: 2.0}
     assert weights("inverse") == {0: 1.3, 1: 4.0}
@@ -260,14 +283,16 @@ def test_revision_follows_params_not_dvc_lock(tmp_path: Path, monkeypatch: pytes
     assert dirty["git.dirty"] == "true" and dirty["pipeline.revision"].startswith(clean["pipeline.revision"] + "+")
 
 
-def test_evaluate_in_a_store_without_the_train_run(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_evaluate_in_a_store_without_the_train_run(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Model folders restored by DVC (a fresh clone, a CI cache) name runs another store holds: evaluate goes on."""
     import logging
 
     import mlflow
 
-    from pipeline import evaluate, tracking
+    from pipeline import tracking
+    from pipeline.stages import evaluate
 
     copy_project(trained, tmp_path, "data/prepared", "models", "reports/train")
     monkeypatch.chdir(tmp_path)

@@ -17,21 +17,39 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config, pretrain
+from pipeline import config
 from pipeline.config import ConfigError, TransferConfig
 from pipeline.errors import PipelineError
+from pipeline.stages import pretrain
 from tests.pipeline_project import trained_project
 
 keras = pytest.importorskip("keras")
 
-from pipeline.models import registry, transfer  # noqa: E402
+from pipeline.data import splits  # noqa: E402
+from pipeline.models import backbones, registry, transfer  # noqa: E402
 from pipeline.models.registry import ModelSpec  # noqa: E402
+from pipeline.training import loop  # noqa: E402
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
-PRETRAIN = {"seed": 3, "epochs": 2, "batch_size": 32, "learning_rate": 0.003, "width": 0.25, "val_fraction": 0.15, "image_size": 0}
+PRETRAIN = {
+    "seed": 3,
+    "epochs": 2,
+    "batch_size": 32,
+    "learning_rate": 0.003,
+    "width": 0.25,
+    "val_fraction": 0.15,
+    "image_size": 0,
+}
 VARIANTS = {
-    "features": {"dataset": "pets", "model": "transfer_features", "dropout": 0.2, "width": 0.25, "train": {"epochs": 2}, "extra": {"knn": 3}},
+    "features": {
+        "dataset": "pets",
+        "model": "transfer_features",
+        "dropout": 0.2,
+        "width": 0.25,
+        "train": {"epochs": 2},
+        "extra": {"knn": 3},
+    },
     "finetune": {
         "dataset": "pets",
         "model": "transfer_finetune",
@@ -91,9 +109,9 @@ def test_backbone_normalizes_with_the_train_photos_statistics(project: Path) -> 
     backbone = keras.models.load_model(project / "models/pretrain/backbone.keras", safe_mode=True)
     cfg = backbone.get_layer("normalize").get_config()
     photos = pretrain.room_photos(pd.read_parquet(project / "data/validated/houses/manifest.parquet"))
-    is_val = pretrain.split_by_house(photos, PRETRAIN["val_fraction"], PRETRAIN["seed"])
+    is_val = splits.split_by_house(photos, PRETRAIN["val_fraction"], PRETRAIN["seed"])
     pixels = pretrain.decode(project / "data/raw/houses", photos.path[~is_val].tolist(), tuple(backbone.inputs[0].shape)[1])
-    mean, variance = pretrain.channel_stats(pixels)
+    mean, variance = loop.channel_stats(pixels)
     np.testing.assert_allclose(np.ravel(cfg["mean"]), mean, rtol=1e-5)
     np.testing.assert_allclose(np.ravel(cfg["variance"]), variance, rtol=1e-5)
     assert not backbone.get_layer("normalize").weights  # constants in the config, nothing adapted
@@ -104,7 +122,9 @@ def test_pretrain_run_in_mlflow(project: Path) -> None:
     run_id = json.loads((project / "models/pretrain/mlflow_run.json").read_text())["run_id"]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and client.get_experiment(run.info.experiment_id).name == "pretrain"
-    assert run.data.metrics["val_accuracy"] == pytest.approx(json.loads((project / "models/pretrain/summary.json").read_text())["val_accuracy"])
+    assert run.data.metrics["val_accuracy"] == pytest.approx(
+        json.loads((project / "models/pretrain/summary.json").read_text())["val_accuracy"]
+    )
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == list(range(PRETRAIN["epochs"]))
     assert run.data.params["epochs"] == str(PRETRAIN["epochs"])
 
@@ -114,12 +134,12 @@ def test_split_by_house_holds_out_whole_houses_and_keeps_shared_photos_together(
     photos = pd.DataFrame(rows, columns=["path", "house_id", "label", "sha256"])
     photos.loc[photos.house_id == 7, "sha256"] = photos.loc[photos.house_id == 8, "sha256"].to_numpy()  # house 7 = house 8
     for seed in range(10):
-        is_val = pretrain.split_by_house(photos, 0.15, seed)
+        is_val = splits.split_by_house(photos, 0.15, seed)
         assert set(photos.house_id[is_val]).isdisjoint(photos.house_id[~is_val])
         assert is_val[photos.house_id == 7].all() == is_val[photos.house_id == 8].all() == is_val[photos.house_id == 7].any()
         assert 6 <= photos.house_id[is_val].nunique() <= 7
-    np.testing.assert_array_equal(pretrain.split_by_house(photos, 0.15, 1), pretrain.split_by_house(photos, 0.15, 1))
-    assert not np.array_equal(pretrain.split_by_house(photos, 0.15, 1), pretrain.split_by_house(photos, 0.15, 2))
+    np.testing.assert_array_equal(splits.split_by_house(photos, 0.15, 1), splits.split_by_house(photos, 0.15, 1))
+    assert not np.array_equal(splits.split_by_house(photos, 0.15, 1), splits.split_by_house(photos, 0.15, 2))
 
 
 # --- the transfer variants ------------------------------------------------------------------------
@@ -138,7 +158,11 @@ def test_transfer_finetune_trains_only_the_top_block_and_keeps_batchnorm_frozen(
     model = keras.models.load_model(project / "models/finetune/model.keras", safe_mode=True)
     kinds = {layer.name: type(layer) for layer in transfer.leaves(transfer.backbone_of(model))}
     top = {layer.name for layer in transfer.top_block(transfer.backbone_of(model))}
-    changed = {name for name, weights in before.items() if any(not np.array_equal(w0, w1) for w0, w1 in zip(weights, after[name], strict=True))}
+    changed = {
+        name
+        for name, weights in before.items()
+        if any(not np.array_equal(w0, w1) for w0, w1 in zip(weights, after[name], strict=True))
+    }
     assert changed == {"block4_conv"}  # the top block's convolution; its BatchNormalization and every earlier layer as they were
     assert "block4_bn" in top and kinds["block4_bn"] is keras.layers.BatchNormalization
     assert all(name.startswith("block") or name == "normalize" for name in before)
@@ -146,11 +170,16 @@ def test_transfer_finetune_trains_only_the_top_block_and_keeps_batchnorm_frozen(
 
 def test_transfer_scratch_is_the_same_architecture_with_fresh_weights_all_trained() -> None:
     backbone = transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25)
-    scratch, pretrained = transfer.transfer_scratch(ModelSpec(image_size=32, backbone=backbone)), transfer.transfer_finetune(ModelSpec(image_size=32, backbone=backbone))
+    scratch, pretrained = (
+        transfer.transfer_scratch(ModelSpec(image_size=32, backbone=backbone)),
+        transfer.transfer_finetune(ModelSpec(image_size=32, backbone=backbone)),
+    )
     assert [w.shape for w in scratch.weights] == [w.shape for w in pretrained.weights]
     fresh = transfer.backbone_of(scratch).get_layer("block1_conv").get_weights()[0]
     assert not np.array_equal(fresh, backbone.get_layer("block1_conv").get_weights()[0])  # not the pretrained weights
-    assert {id(w) for w in scratch.trainable_weights} >= {id(w) for w in transfer.backbone_of(scratch).get_layer("block4_conv").weights}
+    assert {id(w) for w in scratch.trainable_weights} >= {
+        id(w) for w in transfer.backbone_of(scratch).get_layer("block4_conv").weights
+    }
     assert all(layer.trainable for layer in transfer.leaves(transfer.backbone_of(scratch)))
 
 
@@ -211,8 +240,11 @@ def test_knn_accuracy_on_deep_features_in_metrics_and_mlflow(project: Path) -> N
 
 
 def test_knn_accuracy_is_the_seed_knn_on_backbone_features() -> None:
-    model = transfer.transfer_features(ModelSpec(image_size=16, backbone=transfer.conv_backbone(16, (128.0,) * 3, (4000.0,) * 3, width=0.25)))
+    model = transfer.transfer_features(
+        ModelSpec(image_size=16, backbone=transfer.conv_backbone(16, (128.0,) * 3, (4000.0,) * 3, width=0.25))
+    )
     rng = np.random.default_rng(0)
+
     def photos() -> np.ndarray:
         return np.concatenate([rng.uniform(0, 40, (10, 16, 16, 3)), rng.uniform(215, 255, (10, 16, 16, 3))])
 
@@ -227,7 +259,7 @@ def test_imagenet_with_a_missing_weights_file_names_the_key(tmp_path: Path) -> N
     for backbone in ("imagenet", "file"):
         cfg = TransferConfig(backbone, "MobileNetV2", str(tmp_path / "no-such-weights.h5"))
         with pytest.raises(PipelineError, match=r"^transfer\.weights: .*no-such-weights\.h5 not found"):
-            pretrain.load_backbone(cfg, 32)
+            backbones.load_backbone(cfg, 32)
 
 
 def test_imagenet_weights_that_cannot_be_had_fail_without_a_random_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,8 +272,10 @@ def test_imagenet_weights_that_cannot_be_had_fail_without_a_random_fallback(monk
         raise Exception("URL fetch failure: no network")  # noqa: TRY002 - what keras raises offline
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(PipelineError, match=r"^transfer\.backbone: keras\.applications\.MobileNetV2 could not load the ImageNet weights") as error:
-        pretrain.load_backbone(TransferConfig("imagenet", "MobileNetV2", None), 96)
+    with pytest.raises(
+        PipelineError, match=r"^transfer\.backbone: keras\.applications\.MobileNetV2 could not load the ImageNet weights"
+    ) as error:
+        backbones.load_backbone(TransferConfig("imagenet", "MobileNetV2", None), 96)
     assert calls and "transfer.weights" in str(error.value) and "pretrain" in str(error.value)
 
 
@@ -249,15 +283,17 @@ def test_imagenet_weights_that_cannot_be_had_fail_without_a_random_fallback(monk
 def test_a_weights_file_of_another_architecture_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "other.weights.h5"
     transfer.conv_backbone(32, (1.0,) * 3, (1.0,) * 3, width=0.25).save_weights(path)
-    with pytest.raises(PipelineError, match=r"^transfer\.weights: keras\.applications\.MobileNetV2 could not load the weights file"):
-        pretrain.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 32)
+    with pytest.raises(
+        PipelineError, match=r"^transfer\.weights: keras\.applications\.MobileNetV2 could not load the weights file"
+    ):
+        backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 32)
 
 
 def test_file_backbone_loads_a_local_weights_file_into_the_application(tmp_path: Path) -> None:
     source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     path = tmp_path / "mobilenet_v2.weights.h5"
     source.save_weights(path)
-    backbone = pretrain.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 32)
+    backbone = backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 32)
     assert backbone.name == "backbone" and backbone.get_layer("preprocess").get_config()["scale"] == pytest.approx(1 / 127.5)
     for w0, w1 in zip(source.get_weights(), backbone.layers[-1].get_weights(), strict=True):  # the nested application
         np.testing.assert_array_equal(w0, w1)
@@ -266,23 +302,28 @@ def test_file_backbone_loads_a_local_weights_file_into_the_application(tmp_path:
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
-    np.testing.assert_allclose(again.predict({"image": x}, verbose=0), model.predict({"image": x}, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        again.predict({"image": x}, verbose=0), model.predict({"image": x}, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_file_backbone_takes_a_saved_keras_backbone(project: Path) -> None:
     path = project / "models/pretrain/backbone.keras"
-    backbone = pretrain.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 96)
+    backbone = backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 96)
     assert backbone.name == "backbone" and backbone.get_layer("block4_conv")
     with pytest.raises(PipelineError, match=r"^transfer\.weights: .* is not a backbone for 64 px"):
-        pretrain.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 64)
+        backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 64)
 
 
 def test_pretrain_backbone_missing_or_of_another_size(project: Path, tmp_path: Path) -> None:
     cfg = TransferConfig("pretrain", "MobileNetV2", None)
     with pytest.raises(PipelineError, match=r"backbone\.keras: not found; run the pretrain stage first"):
-        pretrain.load_backbone(cfg, 96, folder=tmp_path)
-    with pytest.raises(PipelineError, match=r"^transfer\.backbone: .* pretrained on 96 px images, the model works at 64 px; set pretrain.image_size"):
-        pretrain.load_backbone(cfg, 64, folder=project / "models/pretrain")
+        backbones.load_backbone(cfg, 96, folder=tmp_path)
+    with pytest.raises(
+        PipelineError,
+        match=r"^transfer\.backbone: .* pretrained on 96 px images, the model works at 64 px; set pretrain.image_size",
+    ):
+        backbones.load_backbone(cfg, 64, folder=project / "models/pretrain")
 
 
 # --- params ---------------------------------------------------------------------------------------
@@ -323,9 +364,12 @@ def test_variant_named_pretrain_is_refused() -> None:
 
 def test_repository_params_have_the_transfer_variants_and_known_applications() -> None:
     params = config.parse(_params_with("transfer"))
-    assert {params.variants[n].model for n in ("transfer_features", "transfer_finetune")} == {"transfer_features", "transfer_finetune"}
+    assert {params.variants[n].model for n in ("transfer_features", "transfer_finetune")} == {
+        "transfer_features",
+        "transfer_finetune",
+    }
     assert params.transfer.backbone == "pretrain"
-    assert set(pretrain.PREPROCESSING) == set(config.APPLICATIONS)
+    assert set(backbones.PREPROCESSING) == set(config.APPLICATIONS)
     import keras
 
     assert all(hasattr(keras.applications, name) for name in config.APPLICATIONS)
@@ -375,5 +419,9 @@ def test_knn_of_a_model_working_below_the_prepared_size_sees_resized_images() ->
     np.testing.assert_allclose(got, transfer.backbone_of(model).predict(seen, verbose=0), rtol=1e-5, atol=1e-5)
     labels = np.array([0, 1] * 150)
     assert transfer.knn_accuracy(model, 1, (images, labels), (images, labels)) == 1.0  # its own neighbour
-    plain = transfer.transfer_features(ModelSpec(image_size=32, backbone=spec.backbone))  # no resize layer: the images as they are
-    np.testing.assert_allclose(transfer.features(plain, seen), transfer.backbone_of(plain).predict(seen, verbose=0), rtol=1e-5, atol=1e-5)
+    plain = transfer.transfer_features(
+        ModelSpec(image_size=32, backbone=spec.backbone)
+    )  # no resize layer: the images as they are
+    np.testing.assert_allclose(
+        transfer.features(plain, seen), transfer.backbone_of(plain).predict(seen, verbose=0), rtol=1e-5, atol=1e-5
+    )

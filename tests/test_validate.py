@@ -1,4 +1,4 @@
-"""Tests for pipeline.validate: manifests, the HousesInfo table, the report and the GX suites' failures."""
+"""Tests for pipeline.stages.validate: manifests, the HousesInfo table, the report and the GX suites' failures."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import config, demo, validate
+from pipeline import config
 from pipeline.config import HOUSE_ROOMS, DemoConfig
+from pipeline.data import demo
+from pipeline.data.images import ImageLimits
 from pipeline.errors import PipelineError
-from pipeline.images import ImageLimits
+from pipeline.stages import validate
 from tests.pipeline_project import copy_project, demo_project, edit_params, raw_digest_after_download, tree_digest
 
 LIMITS = ImageLimits(min_side=16, max_side=8000, max_pixels=40_000_000)
@@ -151,7 +153,12 @@ def test_houses_table_parses_the_demo_file(houses_root: Path) -> None:
     assert table.columns.tolist() == ["house_id", "bedrooms", "bathrooms", "area", "zipcode", "price", "photos"]
     assert table.house_id.tolist() == list(range(1, SMALL.houses + 1))
     assert [str(table[c].dtype) for c in ("house_id", "bedrooms", "bathrooms", "area", "price", "photos")] == [
-        "int64", "int64", "float64", "float64", "float64", "int64"
+        "int64",
+        "int64",
+        "float64",
+        "float64",
+        "float64",
+        "int64",
     ]
     assert table.zipcode.map(type).eq(str).all()
     first = lines[0].split()

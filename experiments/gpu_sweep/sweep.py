@@ -1,6 +1,7 @@
 """Throwaway recipe sweep (PyTorch, GPU) for the pets from-scratch target: which levers move test accuracy
 at 80,000 image-passes? A mirror of the pipeline's ResNet-10 recipe (Keras) on the same prepared 128 px photos.
 Findings are re-measured in the real pipeline on CPU before anything is claimed."""
+
 from __future__ import annotations
 
 import io
@@ -20,9 +21,30 @@ from PIL import Image
 
 DEV = os.environ.get("DEV", "cuda")
 BASE = dict(
-    width=0.5, blocks=(1, 1, 1, 1), dropout=0.2, stem="7", zinit=False, se=False,
-    opt="adamw", lr=0.002, wd=0.05, batch=32, warmup=0, ls=0.1, ema=0.0, passes=80000,
-    flip=True, rot=15.0, trans=0.1, zoom=0.15, pca=0.1, rrc=0.0, jitter=0.0, erase=0.0, mixup=0.0, train_size=128,
+    width=0.5,
+    blocks=(1, 1, 1, 1),
+    dropout=0.2,
+    stem="7",
+    zinit=False,
+    se=False,
+    opt="adamw",
+    lr=0.002,
+    wd=0.05,
+    batch=32,
+    warmup=0,
+    ls=0.1,
+    ema=0.0,
+    passes=80000,
+    flip=True,
+    rot=15.0,
+    trans=0.1,
+    zoom=0.15,
+    pca=0.1,
+    rrc=0.0,
+    jitter=0.0,
+    erase=0.0,
+    mixup=0.0,
+    train_size=128,
 )
 
 
@@ -32,10 +54,13 @@ def load(path: str, dev: str) -> dict:
     for s in ("train", "val", "test"):
         buf, lens = z[s + "_x"], z[s + "_len"]
         offs = np.concatenate([[0], np.cumsum(lens)])
-        imgs = np.stack([np.asarray(Image.open(io.BytesIO(buf[offs[i]:offs[i + 1]].tobytes())).convert("RGB"))
-                         for i in range(len(lens))])
-        out[s] = (torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous().float().to(dev),
-                  torch.from_numpy(z[s + "_y"]).float().to(dev))
+        imgs = np.stack(
+            [np.asarray(Image.open(io.BytesIO(buf[offs[i] : offs[i + 1]].tobytes())).convert("RGB")) for i in range(len(lens))]
+        )
+        out[s] = (
+            torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous().float().to(dev),
+            torch.from_numpy(z[s + "_y"]).float().to(dev),
+        )
     x = out["train"][0] / 255.0
     out["mean"] = x.mean(dim=(0, 2, 3)).view(1, 3, 1, 1) * 255.0
     out["std"] = x.std(dim=(0, 2, 3)).view(1, 3, 1, 1) * 255.0
@@ -55,7 +80,8 @@ def convbn(cin, cout, k, s):
 class SE(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.a = nn.Linear(c, max(c // 8, 4)); self.b = nn.Linear(max(c // 8, 4), c)
+        self.a = nn.Linear(c, max(c // 8, 4))
+        self.b = nn.Linear(max(c // 8, 4), c)
 
     def forward(self, x):
         w = torch.sigmoid(self.b(F.relu(self.a(x.mean((2, 3))))))
@@ -87,8 +113,15 @@ class Net(nn.Module):
             self.stem = nn.Sequential(convbn(3, f[0], 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
         else:  # deep stem (ResNet-C): three 3x3 convs, the first strided
             h = f[0] // 2
-            self.stem = nn.Sequential(convbn(3, h, 3, 2), nn.ReLU(), convbn(h, h, 3, 1), nn.ReLU(),
-                                      convbn(h, f[0], 3, 1), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                convbn(3, h, 3, 2),
+                nn.ReLU(),
+                convbn(h, h, 3, 1),
+                nn.ReLU(),
+                convbn(h, f[0], 3, 1),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
+            )
         layers, cin = [], f[0]
         for st, (cout, n) in enumerate(zip(f, c["blocks"])):
             for b in range(n):
@@ -97,7 +130,8 @@ class Net(nn.Module):
         self.body = nn.Sequential(*layers)
         self.drop = nn.Dropout(c["dropout"])
         self.fc = nn.Linear(cin, 1)
-        nn.init.xavier_uniform_(self.fc.weight); nn.init.zeros_(self.fc.bias)
+        nn.init.xavier_uniform_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x):
         return self.fc(self.drop(self.body(self.stem(x)).mean((2, 3)))).squeeze(1)
@@ -106,28 +140,40 @@ class Net(nn.Module):
 def augment(x, c, d, g):
     n, _, h, w = x.shape
     dev = x.device
-    u = lambda b: (torch.rand(n, device=dev, generator=g) * 2 - 1) * b
+
+    def u(b):  # noqa: ANN001, ANN202 - a uniform draw in [-b, b]
+        return (torch.rand(n, device=dev, generator=g) * 2 - 1) * b
+
     flips = torch.where(torch.rand(n, device=dev, generator=g) < 0.5, -1.0, 1.0) if c["flip"] else torch.ones(n, device=dev)
     if c["rrc"]:
         area = torch.rand(n, device=dev, generator=g) * (1 - c["rrc"]) + c["rrc"]
         logr = (torch.rand(n, device=dev, generator=g) * 2 - 1) * math.log(4 / 3)
         r = torch.exp(logr)
-        sx = torch.sqrt(area * r).clamp(max=1.0); sy = torch.sqrt(area / r).clamp(max=1.0)
+        sx = torch.sqrt(area * r).clamp(max=1.0)
+        sy = torch.sqrt(area / r).clamp(max=1.0)
         tx = (torch.rand(n, device=dev, generator=g) * 2 - 1) * (1 - sx)
         ty = (torch.rand(n, device=dev, generator=g) * 2 - 1) * (1 - sy)
         ang = u(math.radians(c["rot"]))
         theta = torch.zeros(n, 2, 3, device=dev)
         cos, sin = torch.cos(ang), torch.sin(ang)
-        theta[:, 0, 0] = cos * sx * flips; theta[:, 0, 1] = -sin * sy; theta[:, 0, 2] = tx
-        theta[:, 1, 0] = sin * sx * flips; theta[:, 1, 1] = cos * sy; theta[:, 1, 2] = ty
+        theta[:, 0, 0] = cos * sx * flips
+        theta[:, 0, 1] = -sin * sy
+        theta[:, 0, 2] = tx
+        theta[:, 1, 0] = sin * sx * flips
+        theta[:, 1, 1] = cos * sy
+        theta[:, 1, 2] = ty
     else:
         ang = u(math.radians(c["rot"]))
         zx, zy = 1 + u(c["zoom"]), 1 + u(c["zoom"])
         tx, ty = u(c["trans"]) * 2, u(c["trans"]) * 2
         cos, sin = torch.cos(ang), torch.sin(ang)
         theta = torch.zeros(n, 2, 3, device=dev)
-        theta[:, 0, 0] = flips * cos * zx; theta[:, 0, 1] = -sin * zy; theta[:, 0, 2] = tx
-        theta[:, 1, 0] = flips * sin * zx; theta[:, 1, 1] = cos * zy; theta[:, 1, 2] = ty
+        theta[:, 0, 0] = flips * cos * zx
+        theta[:, 0, 1] = -sin * zy
+        theta[:, 0, 2] = tx
+        theta[:, 1, 0] = flips * sin * zx
+        theta[:, 1, 1] = cos * zy
+        theta[:, 1, 2] = ty
     size = c["train_size"]
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -163,7 +209,7 @@ def evaluate(model, d, split):
     model.eval()
     p, pf = [], []
     for i in range(0, len(x), 500):
-        b = (x[i:i + 500] - d["mean"]) / d["std"]
+        b = (x[i : i + 500] - d["mean"]) / d["std"]
         p.append(torch.sigmoid(model(b)))
         pf.append(torch.sigmoid(model(torch.flip(b, dims=[3]))))
     p, pf = torch.cat(p), torch.cat(pf)
@@ -174,12 +220,14 @@ def evaluate(model, d, split):
 
 def run(c, seed, d):
     torch.manual_seed(seed)
-    g = torch.Generator(device=DEV); g.manual_seed(seed + 1000)
+    g = torch.Generator(device=DEV)
+    g.manual_seed(seed + 1000)
     model = Net(c).to(DEV).to(memory_format=torch.channels_last)
     ema = None
     if c["ema"]:
         ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(c["ema"]), use_buffers=True)
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(c["ema"]), use_buffers=True
+        )
     if c["opt"] == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["wd"], eps=1e-7)
     else:
@@ -191,22 +239,25 @@ def run(c, seed, d):
     total = steps_per_epoch * epochs
     warm = c["warmup"] * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+    )
     t0 = time.time()
     for ep in range(epochs):
         model.train()
         perm = torch.randperm(n, device=DEV, generator=g)
         for i in range(0, n, c["batch"]):
-            idx = perm[i:i + c["batch"]]
+            idx = perm[i : i + c["batch"]]
             x = augment(xtr[idx], c, d, g).contiguous(memory_format=torch.channels_last)
             y = ytr[idx] * (1 - c["ls"]) + 0.5 * c["ls"]
             if c["mixup"]:
                 lam = float(np.random.default_rng(seed * 100000 + ep * 1000 + i).beta(c["mixup"], c["mixup"]))
-                x = lam * x + (1 - lam) * x.flip(0); y = lam * y + (1 - lam) * y.flip(0)
+                x = lam * x + (1 - lam) * x.flip(0)
+                y = lam * y + (1 - lam) * y.flip(0)
             loss = F.binary_cross_entropy_with_logits(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step(); sched.step()
+            opt.step()
+            sched.step()
             if ema is not None:
                 ema.update_parameters(model)
     fit_s = time.time() - t0
@@ -230,7 +281,8 @@ def worker(k, jobs, path, out, deadline):
                 r = run(c, seed, d)
             except Exception:
                 r = dict(error=traceback.format_exc()[-800:])
-            f.write(json.dumps(dict(name=name, seed=seed, over=over, **r)) + "\n"); f.flush()
+            f.write(json.dumps(dict(name=name, seed=seed, over=over, **r)) + "\n")
+            f.flush()
             print(k, name, seed, r, flush=True)
 
 

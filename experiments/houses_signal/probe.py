@@ -39,10 +39,12 @@ from sklearn.preprocessing import StandardScaler
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from pipeline import config, images  # noqa: E402
-from pipeline.config import HOUSE_ROOMS  # noqa: E402
-from pipeline.prepare import filter_zipcodes  # noqa: E402
 from results import load_plan  # noqa: E402  (scripts/results.py: the make results protocol)
+
+from pipeline import config  # noqa: E402
+from pipeline.config import HOUSE_ROOMS  # noqa: E402
+from pipeline.data import images  # noqa: E402
+from pipeline.stages.prepare import filter_zipcodes  # noqa: E402
 
 
 def photo_paths(workspace: Path, houses: pd.DataFrame) -> list[list[Path]]:
@@ -77,7 +79,17 @@ def photo_stats(paths: list[list[Path]]) -> np.ndarray:
                 a = np.asarray(rgb, np.float32)
                 hsv = np.asarray(rgb.convert("HSV"), np.float32)
                 edges = np.asarray(rgb.convert("L").filter(ImageFilter.FIND_EDGES), np.float32)
-            row += [w, h, w / h, path.stat().st_size / (w * h), a.mean(), a.std(), hsv[..., 1].mean(), hsv[..., 2].std(), edges.var()]
+            row += [
+                w,
+                h,
+                w / h,
+                path.stat().st_size / (w * h),
+                a.mean(),
+                a.std(),
+                hsv[..., 1].mean(),
+                hsv[..., 2].std(),
+                edges.var(),
+            ]
         rows.append(row)
     return np.array(rows)
 
@@ -92,7 +104,9 @@ def mape(log_true: np.ndarray, log_pred: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - true) / true) * 100)
 
 
-def fit_predict(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+def fit_predict(
+    table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> np.ndarray:
     """Huber regression on the table plus ``k`` principal components of ``photos``, fitted on ``train`` only."""
     x = table
     if photos is not None and k:
@@ -104,7 +118,9 @@ def fit_predict(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndar
     return model.predict(x[test])
 
 
-def evaluate(table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray, seeds: tuple[int, ...], test_size: float) -> tuple[float, float, float]:
+def evaluate(
+    table: np.ndarray, photos: np.ndarray | None, k: int, y: np.ndarray, seeds: tuple[int, ...], test_size: float
+) -> tuple[float, float, float]:
     """(test MAPE on the first seed's split, mean test MAPE over ``seeds``, mean 5-fold CV MAPE on the training houses)."""
     tests, cvs = [], []
     for seed in seeds:

@@ -111,9 +111,9 @@ def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], ker
         x = Log(name="log_tabular")(x)
         mean, variance = (list(v) for v in zip(*(log_moments(m, v) for m, v in zip(mean, variance))))
     scaled = keras.layers.Normalization(mean=mean, variance=variance, name="normalize_tabular")(x)
-    onehot = keras.layers.StringLookup(
-        vocabulary=[str(z) for z in spec.zipcodes], output_mode="one_hot", name="zipcode_onehot"
-    )(zipcode)
+    onehot = keras.layers.StringLookup(vocabulary=[str(z) for z in spec.zipcodes], output_mode="one_hot", name="zipcode_onehot")(
+        zipcode
+    )
     features = keras.layers.Concatenate(name="tabular_features")([scaled, onehot])
     return {TABULAR: tabular, ZIPCODE: zipcode}, features
 
@@ -239,7 +239,9 @@ def mixed_inputs(spec: ModelSpec) -> keras.Model:
         return keras.Model({**inputs, IMAGE: image}, price_head(x, spec), name="mixed_inputs")
     # one unit per branch, added: the tabular unit is the model without photos, the photo unit a correction from 0
     start = _log_start(spec) if _target(spec) == "log" else 0.0
-    tab = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(start), name="tabular_unit")(dropout(tab, spec.dropout, name="dropout"))
+    tab = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(start), name="tabular_unit")(
+        dropout(tab, spec.dropout, name="dropout")
+    )
     img = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="photo_unit")(img)
     x = keras.layers.Add(name="regression")([tab, img])
     return keras.Model({**inputs, IMAGE: image}, _to_price(x, spec), name="mixed_inputs")

@@ -30,7 +30,6 @@ from pipeline.models.layers import (
     dense_head,
     dropout,
     image_input,
-    image_normalization,
     max_pool,
     stride_plan,
     units,

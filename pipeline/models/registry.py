@@ -40,7 +40,7 @@ class ModelSpec:
     tta: str = "none"  # test-time augmentation inside the model: none | flip (pipeline.models.wrap)
     input_size: int = 0  # the prepared images' size when the model works at a smaller image_size (0: the same)
     # transfer learning: the pretrained keras.Model (image -> features) for entries with needs_backbone;
-    # the train stage loads it (pipeline.pretrain.load_backbone), the builder copies it
+    # the train stage loads it (pipeline.models.backbones.load_backbone), the builder copies it
     backbone: Any = None
 
 
@@ -85,7 +85,10 @@ def get(name: str) -> Entry:
 
 
 def build(name: str, spec: ModelSpec) -> keras.Model:
-    """Build the uncompiled model ``name`` from ``spec`` (wrapped for ``spec.input_size`` / ``spec.tta``: :mod:`pipeline.models.wrap`)."""
+    """Build the uncompiled model ``name`` from ``spec``.
+
+    Wrapped for ``spec.input_size`` / ``spec.tta``: :mod:`pipeline.models.wrap`.
+    """
     from pipeline.models import wrap
 
     entry = get(name)
@@ -93,7 +96,9 @@ def build(name: str, spec: ModelSpec) -> keras.Model:
     if not wrap.needed(spec):
         return model
     if entry.inputs != ("image",):
-        raise ValueError(f"model {name!r} takes {', '.join(entry.inputs)}: image_size and tta {spec.tta!r} need an image-only model")
+        raise ValueError(
+            f"model {name!r} takes {', '.join(entry.inputs)}: image_size and tta {spec.tta!r} need an image-only model"
+        )
     return wrap.image_model(model, spec)
 
 

@@ -6,7 +6,7 @@ vector ``[batch, d]``. It carries its own preprocessing: the offline
 backbone of the ``pretrain`` stage (:func:`conv_backbone`) starts with a
 ``Normalization`` holding the statistics of its pretraining photos, a
 ``keras.applications`` backbone with that application's input scaling (see
-:mod:`pipeline.pretrain`). The pets statistics are not applied on top: a
+:mod:`pipeline.stages.pretrain`). The pets statistics are not applied on top: a
 pretrained network sees its inputs scaled as in pretraining.
 
 Layer names follow the Keras applications' convention ``block<N>...``
@@ -16,7 +16,7 @@ of the last numbered block to the output (for the applications this takes in
 the layers after it too, e.g. MobileNetV2's ``Conv_1``).
 
 The builders never read files: the train stage loads the backbone and puts it
-into the spec (:func:`pipeline.pretrain.load_backbone`); the builder copies
+into the spec (:func:`pipeline.models.backbones.load_backbone`); the builder copies
 it (fresh layers, same weights), so the spec's model is never changed.
 
 * ``transfer_features``: the backbone frozen (``trainable=False``) + Dense
@@ -191,7 +191,8 @@ def leaves(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 
 def block_id(name: str) -> str | None:
-    """``"block4"`` of ``"block4_conv"``, ``"block_16"`` of ``"block_16_expand"``, ``"conv5_block3"`` of ``"conv5_block3_out"``."""
+    """The block of a layer name: ``block4`` of ``block4_conv``, ``block_16`` of ``block_16_expand``,
+    ``conv5_block3`` of ``conv5_block3_out``."""
     m = _BLOCK.match(name)
     return m[1] if m else None
 

@@ -66,7 +66,13 @@ def houses_table_suite(checks: HousesChecks) -> list:
     ]
     types = [
         gxe.ExpectColumnValuesToBeOfType(column=c, type_=t)
-        for c, t in (("house_id", "int64"), ("bedrooms", "int64"), ("bathrooms", "float64"), ("area", "float64"), ("price", "float64"))
+        for c, t in (
+            ("house_id", "int64"),
+            ("bedrooms", "int64"),
+            ("bathrooms", "float64"),
+            ("area", "float64"),
+            ("price", "float64"),
+        )
     ]
     return [
         gxe.ExpectTableColumnsToMatchSet(column_set=HOUSE_COLUMNS, exact_match=True),
@@ -85,8 +91,10 @@ def run(suites: dict[str, tuple[pd.DataFrame, list]]) -> list[dict[str, Any]]:
     source = context.data_sources.add_pandas("pipeline")
     out = []
     for name, (frame, expectations) in suites.items():
-        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all").get_batch(
-            batch_parameters={"dataframe": frame}
+        batch = (
+            source.add_dataframe_asset(name)
+            .add_batch_definition_whole_dataframe("all")
+            .get_batch(batch_parameters={"dataframe": frame})
         )
         suite = gx.ExpectationSuite(name=name, expectations=expectations)
         result = batch.validate(suite, result_format="SUMMARY").to_json_dict()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import stat
@@ -24,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 from tqdm import tqdm
 
@@ -41,11 +40,17 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _SEP_RE = re.compile(r"[\\/]")
 # Errors a corrupt, truncated or unsupported archive may raise while reading.
 _READ_ERRORS = (
-    OSError, EOFError, RuntimeError, NotImplementedError, ValueError,
-    zipfile.BadZipFile, tarfile.TarError, zlib.error,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    zlib.error,
 )
 
-_Ref = Union[zipfile.ZipInfo, tarfile.TarInfo]
+_Ref = zipfile.ZipInfo | tarfile.TarInfo
 _Opener = Callable[[_Ref], IO[bytes]]
 
 
@@ -64,9 +69,7 @@ class Member:
     ref: _Ref
 
 
-def extract(
-    archive: Path, target: Path, *, max_bytes: int, max_files: int, max_ratio: float
-) -> int:
+def extract(archive: Path, target: Path, *, max_bytes: int, max_files: int, max_ratio: float) -> int:
     """Extract ``archive`` (zip or tar, detected by content) into ``target``.
 
     Returns the number of files extracted. All members are checked before any
@@ -98,9 +101,7 @@ def _make_temp_folder(archive: Path, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     except OSError as exc:
-        raise PipelineError(
-            f"cannot extract {archive}: cannot create a folder beside {target}: {exc}"
-        ) from exc
+        raise PipelineError(f"cannot extract {archive}: cannot create a folder beside {target}: {exc}") from exc
 
 
 def _refuse(archive: Path, problem: str) -> PipelineError:
@@ -160,9 +161,7 @@ def check_members(archive: Path, members: list[Member], limits: Limits) -> None:
         _check_ratio(archive, member, limits.max_ratio)
     files = [m for m in members if m.kind == "file"]
     if len(files) > limits.max_files:
-        raise _refuse(
-            archive, f"{len(files)} files exceed data.extract.max_files={limits.max_files}"
-        )
+        raise _refuse(archive, f"{len(files)} files exceed data.extract.max_files={limits.max_files}")
     declared = sum(m.size for m in files)
     if declared > limits.max_bytes:
         raise _refuse(
@@ -199,8 +198,7 @@ def _check_ratio(archive: Path, member: Member, max_ratio: float) -> None:
     if ratio > max_ratio:
         raise _refuse(
             archive,
-            f"member {member.name!r} has compression ratio {ratio:.0f} > "
-            f"data.extract.max_ratio={max_ratio:g}",
+            f"member {member.name!r} has compression ratio {ratio:.0f} > data.extract.max_ratio={max_ratio:g}",
         )
 
 
@@ -218,9 +216,7 @@ def _relative(name: str) -> Path:
     return Path(*[p for p in _SEP_RE.split(name) if p not in ("", ".")])
 
 
-def _write_members(
-    archive: Path, members: list[Member], opener: _Opener, root: Path, limits: Limits
-) -> int:
+def _write_members(archive: Path, members: list[Member], opener: _Opener, root: Path, limits: Limits) -> int:
     """Write every member below ``root``; return the number of files written."""
     written = 0
     files = 0
@@ -240,9 +236,7 @@ def _write_members(
     return files
 
 
-def _copy_member(
-    archive: Path, member: Member, opener: _Opener, path: Path, written: int, max_bytes: int
-) -> int:
+def _copy_member(archive: Path, member: Member, opener: _Opener, path: Path, written: int, max_bytes: int) -> int:
     """Copy one file member to ``path``; return the running total of bytes written."""
     src = opener(member.ref)
     if src is None:

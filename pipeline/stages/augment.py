@@ -14,8 +14,9 @@ import logging
 
 import numpy as np
 
-from pipeline import config, files, paths, shards
+from pipeline import config, files, paths
 from pipeline.config import AugmentConfig
+from pipeline.data import shards
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,12 @@ COPIES = 5
 
 def preview(cfg: AugmentConfig, images: np.ndarray, stats: dict, out_png) -> None:  # noqa: ANN001
     """Draw the preview grid of ``images`` with the policy and the train-split PCA colour eigenpairs."""
-    from pipeline import augmentation
+    from pipeline.training import augment_ops
 
-    fn = augmentation.build(augmentation.Policy(**cfg.policy), stats["image"]["pca_eigenvalues"], stats["image"]["pca_eigenvectors"], cfg.seed)
-    augmentation.preview_grid(images, fn, COPIES, out_png, title=f"augmentation policy (seed {cfg.seed})")
+    fn = augment_ops.build(
+        augment_ops.Policy(**cfg.policy), stats["image"]["pca_eigenvalues"], stats["image"]["pca_eigenvectors"], cfg.seed
+    )
+    augment_ops.preview_grid(images, fn, COPIES, out_png, title=f"augmentation policy (seed {cfg.seed})")
 
 
 def main(argv: list[str] | None = None) -> None:

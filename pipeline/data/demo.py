@@ -63,7 +63,9 @@ def pet_image(rng: np.random.Generator, label: str) -> Image.Image:
     if label == "Cat":  # pointed ears above the head
         for side in (-1, 1):
             x = cx + side * r * 0.6
-            draw.polygon([(x - r * 0.35, cy - r * 0.6), (x + r * 0.35, cy - r * 0.6), (x + side * r * 0.1, cy - r * 1.45)], fill=fur_t)
+            draw.polygon(
+                [(x - r * 0.35, cy - r * 0.6), (x + r * 0.35, cy - r * 0.6), (x + side * r * 0.1, cy - r * 1.45)], fill=fur_t
+            )
     else:  # long floppy ears hanging at the sides
         for side in (-1, 1):
             x = cx + side * r * 0.95
@@ -150,7 +152,9 @@ def _room_photo(rng: np.random.Generator, room: str, quality: float, area: float
     else:  # kitchen: a row of cabinets and four burners
         top = u(0.55, 0.65)
         for k in range(4):
-            draw.rectangle([size * (0.05 + 0.23 * k), top, size * (0.05 + 0.23 * k) + size * 0.2, top + size * 0.3], outline=ink, width=2)
+            draw.rectangle(
+                [size * (0.05 + 0.23 * k), top, size * (0.05 + 0.23 * k) + size * 0.2, top + size * 0.3], outline=ink, width=2
+            )
         for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
             x, y = size * (0.55 + 0.15 * dx), size * (0.3 + 0.12 * dy)
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=ink)

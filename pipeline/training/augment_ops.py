@@ -410,7 +410,9 @@ def preview_grid(images: np.ndarray, augment_fn: Augment, per_image: int, path: 
 # --- MixUp / CutMix: batch-level, label-mixing augmentation (train params mixup / cutmix) ---------
 
 
-def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, mixup: float = 0.0, cutmix: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+def mix_batch(
+    images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, mixup: float = 0.0, cutmix: float = 0.0
+) -> tuple[tf.Tensor, tf.Tensor]:
     """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with the batch reversed.
 
     ``mixup`` / ``cutmix`` are the Beta(alpha, alpha) concentrations, 0 = off;

@@ -48,7 +48,7 @@ import yaml
 
 from pipeline import config, files, paths
 from pipeline.errors import PipelineError
-from pipeline.report import TASKS
+from pipeline.metrics import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,9 @@ def diff_validation(dataset: str, base: Mapping[str, Any] | None, head: Mapping[
     keys = [k for k in VALIDATION_COUNTS if k in base or k in head]
     counts = [Change(k, base.get(k, MISSING), head.get(k, MISSING)) for k in keys]
     lb, lh = base.get("per_label") or {}, head.get("per_label") or {}
-    counts += [Change(f"per_label.{k}", lb.get(k, MISSING), lh.get(k, MISSING)) for k in list(lh) + [k for k in lb if k not in lh]]
+    counts += [
+        Change(f"per_label.{k}", lb.get(k, MISSING), lh.get(k, MISSING)) for k in list(lh) + [k for k in lb if k not in lh]
+    ]
 
     def rejected(report: Mapping[str, Any]) -> dict[str, str]:
         return {r.get("path", "?"): r.get("reason", "") for r in report.get("rejected") or [] if isinstance(r, Mapping)}
@@ -632,7 +634,9 @@ def document(review: Review, images: bool = False) -> list[Any]:
         blocks.append(Details(_variant_summary(v, review.threshold), inner))
 
     if images:
-        same = [(v.name, _plot_items(review.base_images.get(v.name, {}), review.head_images.get(v.name, {}))) for v in review.variants]
+        same = [
+            (v.name, _plot_items(review.base_images.get(v.name, {}), review.head_images.get(v.name, {}))) for v in review.variants
+        ]
         same = [(name, plots) for (name, plots), v in zip(same, review.variants) if plots and not v.changed]
         if same:
             inner = []
@@ -1051,7 +1055,14 @@ def missing_at(root: Path, rev: str) -> list[str]:
     return load_side(_Revision(root.resolve(), rev)).missing
 
 
-def run(base: str, head: str | None = None, fmt: str | None = None, output: Path | None = None, root: Path = Path("."), rebuild: bool = False) -> str:
+def run(
+    base: str,
+    head: str | None = None,
+    fmt: str | None = None,
+    output: Path | None = None,
+    root: Path = Path("."),
+    rebuild: bool = False,
+) -> str:
     """``python -m pipeline report --base REV [--head EXP] [--format md|html] [--output FILE] [--rebuild-base]``.
 
     The format defaults to the output's suffix (``.html``), else Markdown; without
@@ -1065,7 +1076,9 @@ def run(base: str, head: str | None = None, fmt: str | None = None, output: Path
     else:
         files.write_text(output, text)
         changed = sum(v.changed for v in result.variants)
-        log.info("review %s -> %s: %d of %d variants changed; %s", result.base, result.head, changed, len(result.variants), output)
+        log.info(
+            "review %s -> %s: %d of %d variants changed; %s", result.base, result.head, changed, len(result.variants), output
+        )
     for note in result.notes:
         log.warning("%s", note.replace("`", ""))
     return text

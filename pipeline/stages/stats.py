@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import cli, files, paths, shards
+from pipeline import cli, files, paths
 from pipeline.config import HOUSE_CONTINUOUS
+from pipeline.data import shards
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -105,4 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     train, shards, meta = load_train(paths.prepared(dataset))
     stats = compute(train, shards, meta)
     files.write_json(paths.stats(dataset), stats)
-    log.info("%s: mean %s std %s over %d train images", dataset, np.round(stats["image"]["mean"], 1), np.round(stats["image"]["std"], 1), len(train))
+    log.info(
+        "%s: mean %s std %s over %d train images",
+        dataset,
+        np.round(stats["image"]["mean"], 1),
+        np.round(stats["image"]["std"], 1),
+        len(train),
+    )

@@ -12,10 +12,11 @@ import logging
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from pipeline import cli, config, demo, files, paths
-from pipeline.archive import extract
+from pipeline import cli, config, files, paths
 from pipeline.config import DataConfig, Source
-from pipeline.fetch import fetch, resolve_source
+from pipeline.data import demo
+from pipeline.data.archive import extract
+from pipeline.data.fetch import fetch, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ def download(dataset: str, cfg: DataConfig, source: Source, target: Path, downlo
     archive = downloads / (Path(unquote(urlparse(url).path)).name or f"{dataset}.archive")
     downloads.mkdir(parents=True, exist_ok=True)
     fetch(url, archive, sha256, timeout_s=cfg.timeout_s, retries=cfg.retries)
-    count = extract(archive, target, max_bytes=cfg.extract.max_bytes, max_files=cfg.extract.max_files, max_ratio=cfg.extract.max_ratio)
+    count = extract(
+        archive, target, max_bytes=cfg.extract.max_bytes, max_files=cfg.extract.max_files, max_ratio=cfg.extract.max_ratio
+    )
     log.info("%s: extracted %d files from %s into %s", dataset, count, archive, target)
     return count
 

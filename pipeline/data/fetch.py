@@ -179,7 +179,12 @@ def _log_retry(url: str, part: Path, exc: _Transient, attempt: int, retries: int
     delay = min(_RETRY_BACKOFF_S * 2 ** (attempt - 1), _RETRY_BACKOFF_MAX_S)
     log.warning(
         "download of %s interrupted: %s; retry %d/%d in %.0f s, resuming from byte %d",
-        url, exc, attempt, retries, delay, _part_size(part),
+        url,
+        exc,
+        attempt,
+        retries,
+        delay,
+        _part_size(part),
     )
     time.sleep(delay)
 
@@ -190,9 +195,7 @@ def _transfer(url: str, part: Path, *, timeout_s: float, progress: bool) -> None
     resp = _open(url, start, timeout_s)
     if resp.stream is None:
         if resp.total is not None and resp.total != start:
-            log.warning(
-                "%s holds %d bytes but %s has %d; starting over", part, start, url, resp.total
-            )
+            log.warning("%s holds %d bytes but %s has %d; starting over", part, start, url, resp.total)
             part.unlink()
             _transfer(url, part, timeout_s=timeout_s, progress=progress)
         return
@@ -281,10 +284,19 @@ def _write_body(url: str, resp: _Response, part: Path, progress: bool) -> None:
     assert resp.stream is not None
     part.parent.mkdir(parents=True, exist_ok=True)
     done = resp.offset
-    with open(part, "ab" if resp.offset else "wb") as out, tqdm(
-        total=resp.total, initial=resp.offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=part.name.removesuffix(".part"), file=sys.stderr, disable=not progress,
-    ) as bar:
+    with (
+        open(part, "ab" if resp.offset else "wb") as out,
+        tqdm(
+            total=resp.total,
+            initial=resp.offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar,
+    ):
         while chunk := _read_chunk(resp.stream):
             _write_chunk(url, out, chunk, part)
             done += len(chunk)
@@ -311,9 +323,7 @@ def _install(url: str, part: Path, dest: Path, want: str | None) -> str:
     """Verify the finished ``part`` and move it onto ``dest``; return its sha256."""
     got = sha256_file(part)
     if want is None:
-        log.warning(
-            "%s has sha256 %s; pin it in params.yaml so later downloads are verified", url, got
-        )
+        log.warning("%s has sha256 %s; pin it in params.yaml so later downloads are verified", url, got)
     elif got != want:
         part.unlink(missing_ok=True)
         raise _error(url, f"sha256 mismatch: expected {want}, got {got}")

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from pipeline import cli, config, files, paths
 from pipeline.config import HOUSE_ROOMS, HousesChecks, PetsChecks
-from pipeline.demo import PETS_ROOT
+from pipeline.data.demo import PETS_ROOT
+from pipeline.data.images import ImageLimits, inspect
 from pipeline.errors import PipelineError
-from pipeline.images import ImageLimits, inspect
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ def houses_table(info: Path, manifest: pd.DataFrame) -> pd.DataFrame:
         if not fields:
             continue
         if len(fields) != 5:
-            raise PipelineError(f"{info}:{lineno}: expected 5 fields (bedrooms bathrooms area zipcode price), got {len(fields)}: {line!r}")
+            raise PipelineError(
+                f"{info}:{lineno}: expected 5 fields (bedrooms bathrooms area zipcode price), got {len(fields)}: {line!r}"
+            )
         try:
             records.append((lineno, int(fields[0]), float(fields[1]), float(fields[2]), fields[3], float(fields[4])))
         except ValueError as exc:
@@ -126,7 +128,11 @@ def duplicates(manifest: pd.DataFrame) -> list[list[str]]:
 
 
 def _listing(manifest: pd.DataFrame, status: str, column: str) -> list[dict[str, str]]:
-    rows = manifest[(manifest.status == status) & manifest[column].notna()] if column == "warning" else manifest[manifest.status == status]
+    rows = (
+        manifest[(manifest.status == status) & manifest[column].notna()]
+        if column == "warning"
+        else manifest[manifest.status == status]
+    )
     return [{"path": p, "reason": r} for p, r in zip(rows.path, rows[column])]
 
 
@@ -167,26 +173,41 @@ def render_html(report: dict[str, Any]) -> str:
     for s in report["suites"]:
         rows = [dict(r, kwargs=r["kwargs"], result="ok" if r["success"] else "FAILED") for r in s["results"]]
         parts.append(f"<h2>Suite {esc(s['suite'])}: {'passed' if s['success'] else 'FAILED'}</h2>")
-        parts.append(table(rows, ["result", "expectation", "kwargs", "observed_value", "unexpected_count", "partial_unexpected_list"]))
+        parts.append(
+            table(rows, ["result", "expectation", "kwargs", "observed_value", "unexpected_count", "partial_unexpected_list"])
+        )
     parts += ["<h2>Rejected</h2>", table(report["rejected"], ["path", "reason"])]
     parts += ["<h2>Accepted with warnings</h2>", table(report["warnings"], ["path", "reason"])]
-    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {esc(report['dataset'])}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+    )
+    head = f"<meta charset='utf-8'><title>Validation: {esc(report['dataset'])}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>\n"
 
 
-def validate_pets(root: Path, checks: PetsChecks, limits: ImageLimits, workers: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+def validate_pets(
+    root: Path, checks: PetsChecks, limits: ImageLimits, workers: int
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """Return (frames to save, report) for the pets dataset."""
-    from pipeline import expectations as ex
+    from pipeline.data import expectations as ex
 
     manifest = pets_manifest(root, limits, workers)
     accepted = manifest[manifest.status == "accepted"]
-    suites = ex.run({"pets.files": (manifest, ex.files_suite(checks.max_reject_rate)), "pets.images": (accepted, ex.pets_images_suite(checks))})
+    suites = ex.run(
+        {
+            "pets.files": (manifest, ex.files_suite(checks.max_reject_rate)),
+            "pets.images": (accepted, ex.pets_images_suite(checks)),
+        }
+    )
     return {"manifest": manifest}, build_report("pets", manifest, suites, {})
 
 
-def validate_houses(root: Path, checks: HousesChecks, limits: ImageLimits, workers: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+def validate_houses(
+    root: Path, checks: HousesChecks, limits: ImageLimits, workers: int
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """Return (frames to save, report) for the houses dataset."""
-    from pipeline import expectations as ex
+    from pipeline.data import expectations as ex
 
     folder = find_houses_folder(root)
     manifest = houses_manifest(root, folder, limits, workers)
@@ -207,7 +228,7 @@ def validate_houses(root: Path, checks: HousesChecks, limits: ImageLimits, worke
 
 
 def failure_message(dataset: str, report: dict[str, Any], report_path: Path) -> str:
-    from pipeline import expectations as ex
+    from pipeline.data import expectations as ex
 
     lines = ex.failures(report["suites"])
     missing = report.get("houses_missing_photos") or {}
@@ -231,7 +252,14 @@ def main(argv: list[str] | None = None) -> None:
     report_path = paths.validation_report(dataset)
     files.write_json(report_path, report)
     files.write_text(report_path.with_suffix(".html"), render_html(report))
-    log.info("%s: %d files, %d accepted, %d rejected, %d warnings", dataset, report["files"], report["accepted"], report["rejected_count"], report["warnings_count"])
+    log.info(
+        "%s: %d files, %d accepted, %d rejected, %d warnings",
+        dataset,
+        report["files"],
+        report["accepted"],
+        report["rejected_count"],
+        report["warnings_count"],
+    )
     for item in report["rejected"]:
         log.info("rejected %s: %s", item["path"], item["reason"])
     if not report["success"]:

@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import files, paths
+from pipeline.metrics import TASKS
 
 log = logging.getLogger(__name__)
 
-# Per task: (key metric, True when higher is better), then the columns shown.
-TASKS: dict[str, tuple[str, bool, list[str]]] = {
-    "binary_classification": ("accuracy", True, ["accuracy", "precision", "recall", "f1", "roc_auc"]),
-    "regression": ("mape", False, ["mape", "ape_std", "mae", "rmse"]),
-}
 COMMON = ["parameters", "epochs", "train_seconds", "images_per_s"]
 
 
@@ -37,8 +33,7 @@ def collect(folder: Path) -> dict[str, dict[str, Any]]:
 def scalars(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """The numeric metrics of each variant (what ``dvc metrics`` compares)."""
     return {
-        v: {k: x for k, x in m.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
-        for v, m in metrics.items()
+        v: {k: x for k, x in m.items() if isinstance(x, (int, float)) and not isinstance(x, bool)} for v, m in metrics.items()
     }
 
 
@@ -77,9 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     review = parser.add_argument_group("review (not a DVC stage): compare with a git revision instead")
     review.add_argument("--base", metavar="REV", help="git revision to compare with (its outputs come from the DVC cache)")
     review.add_argument("--head", metavar="EXP", help="an experiment name or revision instead of the workspace")
-    review.add_argument("--format", choices=("md", "html"), help="md (a PR comment) or html (plots embedded); default: by --output")
+    review.add_argument(
+        "--format", choices=("md", "html"), help="md (a PR comment) or html (plots embedded); default: by --output"
+    )
     review.add_argument("--output", type=Path, metavar="FILE", help="write there instead of stdout")
-    review.add_argument("--rebuild-base", action="store_true", help="reproduce the base's outputs (in .dvc/tmp/review/) when the DVC cache lacks them")
+    review.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help="reproduce the base's outputs (in .dvc/tmp/review/) when the DVC cache lacks them",
+    )
     args = parser.parse_args(argv)
     if args.base is not None:
         from pipeline import review as review_report

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import config, files, paths, shards, tracking
+from pipeline import config, files, paths, tracking
+from pipeline.data import shards
 from pipeline.errors import PipelineError
-from pipeline.report import TASKS
+from pipeline.metrics import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,14 @@ def plot_data(task: str, y: np.ndarray, p: np.ndarray, index: pd.DataFrame, clas
 
         fpr, tpr, _ = roc_curve(y, p) if len(np.unique(y)) == 2 else (np.array([0, 1]), np.array([0, 1]), None)
         assert classes is not None
-        predictions = pd.DataFrame({"path": index.path, "actual": [classes[int(v)] for v in y], "predicted": [classes[int(v >= 0.5)] for v in p], "probability": p})
+        predictions = pd.DataFrame(
+            {
+                "path": index.path,
+                "actual": [classes[int(v)] for v in y],
+                "predicted": [classes[int(v >= 0.5)] for v in p],
+                "probability": p,
+            }
+        )
         return {"confusion": predictions, "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr})}
     return {"scatter": pd.DataFrame({"house_id": index.house_id, "actual": y, "predicted": p})}
 
@@ -88,7 +96,15 @@ def draw(task: str, tables: dict[str, pd.DataFrame], result: dict[str, Any], out
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=labels, yticklabels=labels, xlabel="predicted", ylabel="actual", title=f"{title}: confusion")
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=labels,
+            yticklabels=labels,
+            xlabel="predicted",
+            ylabel="actual",
+            title=f"{title}: confusion",
+        )
         written.append(_save(fig, out / "confusion_matrix.png"))
         fig, ax = plt.subplots(figsize=(4, 4))
         roc = tables["roc"]
@@ -140,7 +156,7 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     import keras
 
     from pipeline.models import registry
-    from pipeline.train import make_dataset, model_inputs, targets
+    from pipeline.training.inputs import make_dataset, model_inputs, targets
 
     folder = paths.model(variant)
     if not (folder / "model.keras").exists():
@@ -166,7 +182,9 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
         k = transfer.knn_k(trained_config["model"], trained_config.get("extra", {}), f"variants.{variant}.extra")
         if k:
             train_index, train_images = shards.load_split(prepared, "train")
-            result.update(knn_accuracy=transfer.knn_accuracy(model, k, (train_images, targets(meta, train_index)), (images, y)), knn_k=k)
+            result.update(
+                knn_accuracy=transfer.knn_accuracy(model, k, (train_images, targets(meta, train_index)), (images, y)), knn_k=k
+            )
     tables = plot_data(task, y, p, index, meta.get("classes"))
     tables["history"] = pd.read_csv(paths.history(variant))  # beside the other plot data, for dvc.yaml
     for kind, table in tables.items():

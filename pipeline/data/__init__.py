@@ -1,0 +1,1 @@
+"""Getting and checking the data: fetch and safe extraction, demo stand-ins, images, expectations, splits, shards."""

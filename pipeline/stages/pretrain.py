@@ -1,0 +1,157 @@
+"""Stage ``pretrain``: a backbone for transfer learning, pretrained offline on the house photos.
+
+Source task: room-type classification (bathroom, bedroom, frontal, kitchen)
+of every photo the validate stage accepted in
+``data/validated/houses/manifest.parquet`` (label = the room, path relative
+to ``data/raw/houses``), decoded with :func:`pipeline.data.images.load` at
+``pretrain.image_size``, by default the pets image size
+(``prepare.pets.image_size``), so the backbone fits the pets models unchanged
+(transfer variants working at a smaller ``image_size`` need the same here).
+The photos are split by house (``pretrain.val_fraction`` of the houses,
+seeded; houses that share a photo stay together), so the val accuracy is
+measured on houses the backbone never saw.
+
+Writes ``models/pretrain/``: ``backbone.keras`` (image, 0-255 pixels ->
+pooled features; its ``Normalization`` holds the per-channel mean/variance
+of the training photos as constants; reloads with ``safe_mode=True``),
+``summary.json`` (val accuracy, chance level, epochs, seconds, classes,
+counts), ``history.csv`` and the MLflow run id (experiment ``pretrain``).
+
+:func:`load_backbone` is what the train stage calls for the
+``needs_backbone`` variants: this stage's backbone (``transfer.backbone:
+pretrain``), or ``keras.applications.<transfer.application>`` with ImageNet
+weights (``imagenet``) or a local weights file (``file``). It never falls back
+to random weights: weights that cannot be had raise a :class:`PipelineError`
+naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config, files, paths, tracking
+from pipeline.config import HOUSE_ROOMS
+from pipeline.data import images
+from pipeline.data.splits import split_by_house
+from pipeline.errors import PipelineError
+from pipeline.models.backbones import BACKBONE_FILE
+from pipeline.training.loop import fit_backbone
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "pretrain"  # the MLflow experiment (one run per pretraining)
+SUMMARY_FILE = "summary.json"
+
+
+# --- the source data -----------------------------------------------------------------------------
+
+
+def room_photos(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The accepted house photos: path, house_id, room label, sha256 (in manifest order)."""
+    ok = manifest[(manifest.status == "accepted") & manifest.label.isin(HOUSE_ROOMS)]
+    if ok.empty:
+        raise PipelineError("data/validated/houses/manifest.parquet: no accepted house photos to pretrain on")
+    missing = sorted(set(HOUSE_ROOMS) - set(ok.label))
+    if missing:
+        raise PipelineError(f"data/validated/houses/manifest.parquet: no accepted {', '.join(missing)} photos")
+    return ok[["path", "house_id", "label", "sha256"]].reset_index(drop=True)
+
+
+def decode(root: Path, rels: list[str], size: int) -> np.ndarray:
+    """``images.load`` of every photo, ``[n, size, size, 3]`` uint8, on all cores (Pillow decodes without the GIL)."""
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return np.stack(list(pool.map(lambda rel: images.load(root / rel, size), rels)))
+
+
+# --- pretraining ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline pretrain``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline pretrain", description=__doc__.split("\n\n")[0])
+    parser.parse_args(argv)
+    params = config.load()
+    cfg = params.pretrain
+    size = cfg.image_size or params.prepare.pets.image_size
+    manifest_path = paths.validated("houses") / "manifest.parquet"
+    if not manifest_path.exists():
+        raise PipelineError(f"{manifest_path}: not found; run the validate stage for houses first")
+    photos = room_photos(pd.read_parquet(manifest_path))
+    is_val = split_by_house(photos, cfg.val_fraction, cfg.seed)
+    start = time.perf_counter()
+    pixels = decode(paths.raw("houses"), photos.path.tolist(), size)
+    decode_seconds = time.perf_counter() - start
+    labels = photos.label.map(HOUSE_ROOMS.index).to_numpy(np.int64)
+    data = {"train": (pixels[~is_val], labels[~is_val]), "val": (pixels[is_val], labels[is_val])}
+    log.info(
+        "pretrain: %d photos of %d houses (%d val photos of unseen houses) at %d px, decoded in %.1f s",
+        len(photos),
+        photos.house_id.nunique(),
+        int(is_val.sum()),
+        size,
+        decode_seconds,
+    )
+    run_params = {"task": "room type (" + ", ".join(HOUSE_ROOMS) + ")", "image_size": size, **vars(cfg)}
+    tags = {
+        **tracking.git_tags(),
+        "dvc.stage": "pretrain",
+        "dataset": "houses",
+        "data.profile": params.data.profile,
+        "data.manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+    }
+    run_id = tracking.start("backbone", EXPERIMENT, tags, run_params)
+    try:
+        backbone, history, seconds = fit_backbone(cfg, data, size, run_id)
+    except BaseException:
+        tracking.finish(run_id, "FAILED")
+        raise
+    val_counts = np.bincount(data["val"][1], minlength=len(HOUSE_ROOMS))
+    summary = {
+        "task": "room_type",
+        "classes": list(HOUSE_ROOMS),
+        "val_accuracy": float(history["val_accuracy"][-1]),
+        "train_accuracy": float(history["accuracy"][-1]),
+        "chance_accuracy": float(val_counts.max() / val_counts.sum()),  # always guessing the commonest val room
+        "epochs": len(history["loss"]),
+        "seconds": seconds,
+        "decode_seconds": decode_seconds,
+        "image_size": size,
+        "feature_dim": int(backbone.outputs[0].shape[-1]),
+        "parameters": int(backbone.count_params()),
+        "train_photos": int((~is_val).sum()),
+        "val_photos": int(is_val.sum()),
+        "train_houses": int(photos.house_id[~is_val].nunique()),
+        "val_houses": int(photos.house_id[is_val].nunique()),
+    }
+    out = paths.PRETRAIN
+    with files.atomic_dir(out) as tmp:
+        backbone.save(tmp / BACKBONE_FILE)
+        files.write_json(tmp / SUMMARY_FILE, summary)
+        pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(tmp / "history.csv", index=False)
+        tracking.save_run_id(tmp, run_id)
+    for name, folder in ((SUMMARY_FILE, "summary"), ("history.csv", "history"), (BACKBONE_FILE, "model")):
+        tracking.log_artifact(run_id, out / name, folder)
+    tracking.log_metrics(
+        run_id, {k: summary[k] for k in ("val_accuracy", "train_accuracy", "chance_accuracy", "seconds", "parameters")}
+    )
+    tracking.finish(run_id)
+    log.info(
+        "pretrain: val accuracy %.3f (chance %.3f) after %d epochs, %.1f s -> %s",
+        summary["val_accuracy"],
+        summary["chance_accuracy"],
+        summary["epochs"],
+        seconds,
+        out / BACKBONE_FILE,
+    )
+
+
+# --- loading a backbone (the train stage) --------------------------------------------------------

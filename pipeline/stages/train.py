@@ -1,0 +1,132 @@
+"""Stage ``train@<variant>``: fit one registered model on its dataset's train split.
+
+Reads the prepared shards, the train-split statistics (normalization, class
+weights, PCA colour eigenvectors) and the augmentation policy; writes
+``models/<variant>/model.keras`` (reloads with ``safe_mode=True``), the
+resolved config, and the per-epoch history ``reports/train/<variant>.csv``. Logs
+params, per-epoch metrics, class weights and artifacts into the variant's
+MLflow run, whose id ``evaluate`` picks up from ``models/<variant>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config, files, paths, tracking
+from pipeline.config import Variant
+from pipeline.data import shards
+from pipeline.errors import PipelineError
+from pipeline.training.inputs import make_dataset, model_inputs
+from pipeline.training.loop import class_weight, fit
+
+log = logging.getLogger(__name__)
+
+
+def mlflow_example(model: Any, names: tuple[str, ...], prepared: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The first validation row as the model's named inputs, and the model's output on it (the MLflow model's signature)."""
+    import keras
+
+    index, images = shards.load_split(prepared, "val")
+    x = model_inputs(names, index.iloc[:1], images[:1])
+    ds = make_dataset(x, np.zeros((1, 1), np.float32), 1, None, as_dict=not isinstance(model, keras.Sequential))
+    return x, model.predict(ds, verbose=0)
+
+
+def resolved(variant: Variant, policy: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines the variant's training, as plain data (saved and logged)."""
+    out = dataclasses.asdict(variant)
+    if variant.augment:
+        out["augment_policy"] = dict(policy["policy"], seed=policy["seed"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline train <variant>``."""
+    import argparse
+
+    params = config.load()
+    parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
+    parser.add_argument("variant", choices=list(params.variants))
+    variant = params.variants[parser.parse_args(argv).variant]
+    prepared = paths.prepared(variant.dataset)
+    meta = shards.meta(prepared)
+    stats_path = paths.stats(variant.dataset)
+    if not stats_path.exists():
+        raise PipelineError(f"{stats_path}: not found; run the stats stage first")
+    stats = json.loads(stats_path.read_text())
+    policy = json.loads(paths.POLICY.read_text()) if variant.augment else {}
+    run_config = resolved(variant, policy)
+    from pipeline.models import registry
+
+    if variant.model in registry.names() and registry.get(variant.model).needs_backbone:  # --- transfer learning
+        run_config["transfer"] = dataclasses.asdict(params.transfer)
+    tags = {
+        **tracking.git_tags(),
+        "dvc.stage": f"train@{variant.name}",
+        "data.hash": tracking.data_hash(Path("dvc.lock"), variant.dataset),
+        "dataset": variant.dataset,
+        "data.profile": params.data.profile,
+    }
+    run_id = tracking.start(variant.name, variant.dataset, tags, run_config)
+    try:
+        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer)
+    except BaseException:
+        tracking.finish(run_id, "FAILED")
+        raise
+    out = paths.model(variant.name)
+    weights = class_weight(variant.train, stats)
+    by_label = {stats["classes"][i]: w for i, w in weights.items()} if weights else {}
+    with files.atomic_dir(out) as tmp:
+        model.save(tmp / "model.keras")
+        files.write_json(
+            tmp / "config.json",
+            {
+                **run_config,
+                "task": meta["task"],
+                "classes": meta.get("classes"),
+                "image_size": meta["image_size"],
+                "resize": meta.get("resize", "squash"),
+                "parameters": model.count_params(),
+            },
+        )
+        files.write_json(
+            tmp / "train_summary.json",
+            {"train_seconds": seconds, "images_seen": seen, "images_per_s": seen / seconds, "epochs": len(history["loss"])},
+        )
+        files.write_json(tmp / "class_weight.json", by_label)
+        tracking.save_run_id(tmp, run_id)
+    tracking.tag_model(run_id, out / "model.keras")
+    history_csv = paths.history(variant.name)
+    history_csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(history_csv, index=False)
+    if by_label:
+        tracking.log_params(run_id, {f"class_weight.{label}": w for label, w in by_label.items()})
+    artifacts = (
+        (stats_path, "stats"),
+        (out / "class_weight.json", "stats"),
+        (out / "config.json", "config"),
+        (history_csv, "history"),
+    )
+    if variant.augment:
+        artifacts += ((paths.POLICY, "augmentation"), (paths.AUGMENTATION / "pets.png", "augmentation"))
+    for path, folder in artifacts:
+        tracking.log_artifact(run_id, path, folder)
+    tracking.log_metrics(run_id, {"train_seconds": seconds, "images_per_s": seen / seconds, "parameters": model.count_params()})
+    # the MLflow model in the run's model/ folder: model.keras with a signature and an input example
+    tracking.log_model(run_id, model, *mlflow_example(model, registry.get(variant.model).inputs, prepared))
+    tracking.finish(run_id)
+    log.info(
+        "%s: %d epochs, %.1f s, %.0f images/s, final %s",
+        variant.name,
+        len(history["loss"]),
+        seconds,
+        seen / seconds,
+        {k: round(v[-1], 4) for k, v in history.items()},
+    )

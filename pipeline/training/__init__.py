@@ -1,0 +1,1 @@
+"""Training: tf.data inputs, augmentation ops, the fit loop."""
