@@ -28,6 +28,9 @@ HOUSE_ROOMS: tuple[str, ...] = ("bathroom", "bedroom", "frontal", "kitchen")
 HOUSE_CONTINUOUS: tuple[str, ...] = ("bedrooms", "bathrooms", "area")
 
 
+MISSING = object()
+
+
 class ConfigError(PipelineError):
     """A params key is unknown, missing or has a bad value."""
 
@@ -323,32 +326,54 @@ FILL_MODES: tuple[str, ...] = ("nearest", "reflect", "constant", "wrap")
 _POLICY_FRACTIONS = ("translation", "shear", "zoom", "brightness", "contrast", "saturation")
 
 
+NO_AUGMENTATION = "none"  # the policy name of variants that train on the images as they are
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """One named policy of ``augment.policies``: its random seed and the ops' strengths."""
+
+    seed: int
+    ops: dict[str, Any]  # keyword arguments of pipeline.training.augment_ops.Policy
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    seed: int
-    preview: int
-    policy: dict[str, Any]  # keyword arguments of pipeline.training.augment_ops.Policy
+    preview: int  # train images in each policy's preview grid
+    policies: dict[str, AugmentPolicy]  # by name; ``none`` (no augmentation) is not listed
+
+
+def _policy(p: Any, where: str) -> AugmentPolicy:
+    keys = ("flip", "crop", "rotation", *_POLICY_FRACTIONS, "pca_color", "fill_mode")
+    p = _section(p, where, ("seed", *keys))
+    crop = float(_number(p["crop"], f"{where}.crop", 0, 1))
+    if 0 < crop < 0.25:
+        raise ConfigError(f"{where}.crop: {crop} keeps under a quarter of each side; use 0 (off) or 0.25..1")
+    ops = {
+        "flip": _flag(p["flip"], f"{where}.flip"),
+        "crop": 0.0 if crop == 1 else crop,
+        "rotation": float(_number(p["rotation"], f"{where}.rotation", 0, 180)),
+        **{k: float(_number(p[k], f"{where}.{k}", 0, 1)) for k in _POLICY_FRACTIONS},
+        "pca_color": float(_number(p["pca_color"], f"{where}.pca_color", 0, 1)),
+        "fill_mode": _choice(p["fill_mode"], f"{where}.fill_mode", FILL_MODES),
+    }
+    return AugmentPolicy(seed=_number(p["seed"], f"{where}.seed", 0, 2**31 - 1, integer=True), ops=ops)
 
 
 def _augment(d: Any) -> AugmentConfig:
-    d = _section(d, "augment", ("seed", "preview", "policy"))
-    keys = ("flip", "crop", "rotation", *_POLICY_FRACTIONS, "pca_color", "fill_mode")
-    p = _section(d["policy"], "augment.policy", keys)
-    crop = float(_number(p["crop"], "augment.policy.crop", 0, 1))
-    if 0 < crop < 0.25:
-        raise ConfigError(f"augment.policy.crop: {crop} keeps under a quarter of each side; use 0 (off) or 0.25..1")
-    policy = {
-        "flip": _flag(p["flip"], "augment.policy.flip"),
-        "crop": 0.0 if crop == 1 else crop,
-        "rotation": float(_number(p["rotation"], "augment.policy.rotation", 0, 180)),
-        **{k: float(_number(p[k], f"augment.policy.{k}", 0, 1)) for k in _POLICY_FRACTIONS},
-        "pca_color": float(_number(p["pca_color"], "augment.policy.pca_color", 0, 1)),
-        "fill_mode": _choice(p["fill_mode"], "augment.policy.fill_mode", FILL_MODES),
-    }
+    d = _section(d, "augment", ("preview", "policies"))
+    policies = d["policies"]
+    if not isinstance(policies, Mapping) or policies.get(NO_AUGMENTATION, MISSING) != {}:
+        raise ConfigError(
+            f"augment.policies: expected a mapping of policy name -> ops with `{NO_AUGMENTATION}: {{}}`"
+            f" (train@<variant> declares augment.policies.<its policy>, so DVC needs the key), got {policies!r}"
+        )
+    for name in policies:
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z0-9_]+", name)):
+            raise ConfigError(f"augment.policies.{name}: a policy name is lower-case letters, digits and _ (it names a file)")
     return AugmentConfig(
-        seed=_number(d["seed"], "augment.seed", 0, 2**31 - 1, integer=True),
         preview=_number(d["preview"], "augment.preview", 1, 64, integer=True),
-        policy=policy,
+        policies={k: _policy(v, f"augment.policies.{k}") for k, v in policies.items() if k != NO_AUGMENTATION},
     )
 
 
@@ -446,7 +471,7 @@ class Variant:
     name: str
     dataset: str
     model: str
-    augment: bool
+    augment: str  # a policy of augment.policies, or "none"
     dropout: float
     batchnorm: bool
     width: float
@@ -460,7 +485,7 @@ VARIANT_KEYS = ("dataset", "model", "augment", "dropout", "batchnorm", "width", 
 TTA: tuple[str, ...] = ("none", "flip")
 
 
-def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
+def _variants(d: Any, train: Mapping, policies: tuple[str, ...]) -> dict[str, Variant]:
     if not (isinstance(d, Mapping) and d):
         raise ConfigError(f"variants: expected a mapping of variant name -> settings, got {d!r}")
     out = {}
@@ -470,7 +495,7 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
             raise ConfigError(f"{where}: a variant name is lower-case letters, digits and _ (it names a stage and a folder)")
         if name == "pretrain":  # models/pretrain is the pretrain stage's backbone
             raise ConfigError(f"{where}: the name is reserved for the pretrain stage's models/pretrain; choose another")
-        v = _section(v, where, ("dataset", "model"), VARIANT_KEYS[2:])
+        v = _section(v, where, ("dataset", "model", "augment"), VARIANT_KEYS[3:])
         overrides = _section(v.get("train", {}), f"{where}.train", (), TRAIN_KEYS)
         extra = v.get("extra", {})
         if not isinstance(extra, Mapping):
@@ -479,7 +504,7 @@ def _variants(d: Any, train: Mapping) -> dict[str, Variant]:
             name=name,
             dataset=_choice(v["dataset"], f"{where}.dataset", DATASETS),
             model=_text(v["model"], f"{where}.model"),
-            augment=_flag(v.get("augment", False), f"{where}.augment"),
+            augment=_choice(v["augment"], f"{where}.augment", policies),
             dropout=float(_number(v.get("dropout", 0.0), f"{where}.dropout", 0, 0.95)),
             batchnorm=_flag(v.get("batchnorm", False), f"{where}.batchnorm"),
             width=float(_number(v.get("width", 1.0), f"{where}.width", 0.05, 8)),
@@ -592,14 +617,15 @@ OPTIONAL_SECTIONS = ("review",)
 def parse(raw: Any) -> Params:
     """Validate a params mapping (as read from YAML) into :class:`Params`."""
     raw = _section(raw, "", tuple(s for s in SECTIONS if s not in OPTIONAL_SECTIONS), OPTIONAL_SECTIONS)
+    augment = _augment(raw["augment"])
     return Params(
         data=_data(raw["data"]),
         datasets=_sources(raw["datasets"]),
         validate=_validate(raw["validate"]),
         prepare=_prepare(raw["prepare"]),
-        augment=_augment(raw["augment"]),
+        augment=augment,
         train=_train(raw["train"], "train"),
-        variants=_variants(raw["variants"], raw["train"]),
+        variants=_variants(raw["variants"], raw["train"], (NO_AUGMENTATION, *augment.policies)),
         pretrain=_pretrain(raw["pretrain"]),
         transfer=_transfer(raw["transfer"]),
         review=_review(raw["review"]) if "review" in raw else REVIEW_DEFAULT,

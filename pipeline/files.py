@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,3 +56,25 @@ def swap_into_place(tmp: Path, target: Path) -> None:
         shutil.rmtree(old)
     else:
         old.unlink()
+
+
+def save_keras(model: Any, path: Path) -> None:
+    """``model.save(path)``, rewritten so that the same weights always give the same bytes.
+
+    A ``.keras`` file is a zip whose ``metadata.json`` holds the save date
+    and whose weights entry carries the save time; without both, two runs of
+    a deterministic training stage give equal output hashes (DVC) and equal
+    ``model.md5`` tags (MLflow).
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            dst.writestr(fixed, data)

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 DOWNLOADS = Path("data/downloads")  # archives and resumable .part files; outside DVC outs on purpose
-AUGMENTATION = Path("reports/augmentation")  # policy.json (read by train) and the preview grids
-POLICY = AUGMENTATION / "policy.json"
+AUGMENTATION = Path("reports/augmentation")  # the augment stage's preview grids, <policy>.png
+# What varies from run to run (timings, MLflow run ids) is logged here and in MLflow, never into
+# DVC-hashed outputs, so that a rerun with the same inputs reproduces the same hashes.
+LOGS = Path("logs")
+
+
+def train_log(variant: str) -> Path:
+    return LOGS / "train" / f"{variant}.json"
 
 
 def raw(dataset: str) -> Path:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,14 +35,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline import files, paths
-from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS
+from pipeline.config import HOUSE_CONTINUOUS
 from pipeline.data import shards
+from pipeline.data.formats import HOUSES_INFO, house_photos, parse_house
 from pipeline.data.images import load, montage
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-HOUSES_INFO = "HousesInfo.txt"
 CHUNK = 512  # examples decoded and predicted at a time (bounds memory on large folders)
 
 
@@ -177,23 +176,9 @@ def houses_info(arg: str) -> Path:
     return path / HOUSES_INFO if path.is_dir() else path
 
 
-def parse_house(line: str) -> dict[str, Any]:
-    """One ``bedrooms bathrooms area zipcode [price]`` line; ValueError says what is wrong."""
-    fields = line.split()
-    if len(fields) not in (4, 5):
-        raise ValueError(f"expected 4 or 5 fields (bedrooms bathrooms area zipcode [price]), got {len(fields)}: {line.strip()!r}")
-    try:
-        numbers = [float(f) for f in fields[:3]] + ([float(fields[4])] if len(fields) == 5 else [])
-    except ValueError:
-        raise ValueError(f"bedrooms, bathrooms, area and price must be numbers: {line.strip()!r}") from None
-    if not all(math.isfinite(n) for n in numbers):
-        raise ValueError(f"not a finite number in {line.strip()!r}")
-    return dict(zip(HOUSE_CONTINUOUS, numbers[:3]), zipcode=fields[3], price=numbers[3] if len(fields) == 5 else None)
-
-
-def house_photos(folder: Path, house_id: int) -> list[Path]:
-    """``N_<room>.jpg`` in the montage order the prepare stage uses; FileNotFoundError names the missing ones."""
-    photos = [folder / f"{house_id}_{room}.jpg" for room in HOUSE_ROOMS]
+def existing_photos(folder: Path, house_id: int) -> list[Path]:
+    """House ``house_id``'s photos in ``folder`` (montage order); FileNotFoundError names the missing ones."""
+    photos = house_photos(folder, house_id)
     missing = [p.name for p in photos if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"missing photo{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
@@ -228,9 +213,9 @@ def collect_houses(args: list[str], needs_photos: bool) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {"source": str(info), "house_id": house_id, "error": None}
             try:
-                row.update(parse_house(line))
+                row.update(parse_house(line, price_required=False))
                 if needs_photos:
-                    row["photos"] = house_photos(info.parent, house_id)
+                    row["photos"] = existing_photos(info.parent, house_id)
             except (ValueError, FileNotFoundError) as exc:
                 row["error"] = str(exc)
             rows.append(row)

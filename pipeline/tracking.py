@@ -4,9 +4,10 @@ The tracking URI defaults to ``mlflow.db`` with artifacts under
 ``mlartifacts/`` (embedded, no server), both in the project's root
 (:func:`project_root`), so git worktrees, DVC's experiment copies and the
 review's base rebuild log into one store; ``MLFLOW_TRACKING_URI`` points it at
-a real server. Train writes the run id to ``models/<variant>/mlflow_run.json``
-and tags the run with the model file's sha256; evaluate reopens that run
-(:func:`model_run`), so both log into the same place.
+a real server. Train tags its run with the md5 of the model file it wrote
+(what DVC records for it too); evaluate finds that run from the file alone
+(:func:`model_run`), so both log into one run, and no run id has to live in a
+DVC-hashed output.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 
 STORE = "mlflow.db"  # the default store and artifact folder, in the project root
 ARTIFACTS = "mlartifacts"
-RUN_FILE = "mlflow_run.json"
-MODEL_TAG = "model.sha256"  # ties a run to the model file it trained, wherever DVC restores that file
+MODEL_TAG = "model.md5"  # ties a run to the model file it trained, wherever DVC restores that file
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -297,12 +297,9 @@ def finish(run_id: str, status: str = "FINISHED") -> None:
     _mlflow().MlflowClient().set_terminated(run_id, status)
 
 
-def save_run_id(folder: Path, run_id: str) -> None:
-    (folder / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": _mlflow().get_tracking_uri()}) + "\n")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_md5(path: Path) -> str:
+    """md5 of a file (DVC's hash of it, so a revision's ``models/<variant>/model.keras`` names its run)."""
+    digest = hashlib.md5()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -310,56 +307,44 @@ def file_sha256(path: Path) -> str:
 
 
 def tag_model(run_id: str, model_file: Path) -> None:
-    """Tag the run with ``model_file``'s sha256 (:data:`MODEL_TAG`), so :func:`model_run` finds it from the file alone."""
-    _mlflow().MlflowClient().set_tag(run_id, MODEL_TAG, file_sha256(model_file))
+    """Tag the run with ``model_file``'s md5 (:data:`MODEL_TAG`), so :func:`model_run` finds it from the file alone."""
+    _mlflow().MlflowClient().set_tag(run_id, MODEL_TAG, file_md5(model_file))
 
 
-def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str]) -> str:
-    """The run that trained ``folder/model.keras``, in the current store; a new run when the store has none.
-
-    First the id train wrote into ``folder``; DVC may have restored the folder
-    from its cache or run cache, trained under another store (a fresh clone,
-    a CI cache, another tracking URI), so next the run of ``train@<variant>``
-    tagged with the model file's sha256; else a new run in the dataset's
-    experiment, with ``tags`` and the model's resolved config as params, and
-    one log line that says why.
-    """
+def find_model_run(stage: str, md5: str, dataset: str) -> str | None:
+    """The newest run of ``stage`` (``train@<variant>``) tagged with model file md5 ``md5``, or None."""
     mlflow = _mlflow()
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    stored = json.loads((folder / RUN_FILE).read_text())["run_id"] if (folder / RUN_FILE).exists() else None
-    if stored:
-        try:
-            return client.get_run(stored).info.run_id
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-    sha = file_sha256(folder / "model.keras")
-    experiment = _experiment_id(mlflow, dataset)
-    found = client.search_runs(
-        [experiment],
-        f"tags.`dvc.stage` = 'train@{variant}' and tags.`{MODEL_TAG}` = '{sha}'",
+    found = mlflow.MlflowClient().search_runs(
+        [_experiment_id(mlflow, dataset)],
+        f"tags.`dvc.stage` = '{stage}' and tags.`{MODEL_TAG}` = '{md5}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if found:
-        log.info(
-            "%s: run %s is not in %s; logging into run %s, which trained the same model file",
-            variant,
-            stored,
-            mlflow.get_tracking_uri(),
-            found[0].info.run_id,
-        )
-        return found[0].info.run_id
+    return found[0].info.run_id if found else None
+
+
+def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str]) -> str:
+    """The run that trained ``folder/model.keras`` (:func:`find_model_run`); a new run when the store has none.
+
+    DVC may have restored the folder from its cache or run cache, trained
+    under another store (a fresh clone, a CI cache, another tracking URI):
+    then a new run in the dataset's experiment, with ``tags`` and the model's
+    resolved config as params, and one log line that says why.
+    """
+    md5 = file_md5(folder / "model.keras")
+    stage = f"train@{variant}"
+    run_id = find_model_run(stage, md5, dataset)
+    if run_id:
+        return run_id
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    run_id = start(variant, dataset, {**tags, "dvc.stage": f"train@{variant}", MODEL_TAG: sha, "model.restored": "true"}, config)
+    run_id = start(variant, dataset, {**tags, "dvc.stage": stage, MODEL_TAG: md5, "model.restored": "true"}, config)
     finish(run_id)  # like a train run: evaluate logs into it after it ended
     log.info(
-        "%s: run %s is not in %s and no run there trained this model (restored by DVC); logging into new run %s",
+        "%s: no run in %s trained %s (md5 %s; restored by DVC?); logging into new run %s",
         variant,
-        stored,
-        mlflow.get_tracking_uri(),
+        _mlflow().get_tracking_uri(),
+        folder / "model.keras",
+        md5,
         run_id,
     )
     return run_id

@@ -171,7 +171,7 @@ def _json(path: Path) -> dict[str, Any]:
 def pets_figures(root: Path, name: str) -> dict[str, Any]:
     """Test accuracy, image-passes (epochs x train images, fine-tuning included) and training seconds."""
     metrics = _json(root / "reports" / "metrics" / f"{name}.json")
-    summary = _json(root / "models" / name / "train_summary.json")
+    summary = _json(root / "logs" / "train" / f"{name}.json")
     out = {
         "test_accuracy": metrics["accuracy"],
         "roc_auc": metrics.get("roc_auc"),
@@ -187,7 +187,7 @@ def pets_figures(root: Path, name: str) -> dict[str, Any]:
 def houses_figures(root: Path, name: str) -> dict[str, Any]:
     """MAPE as the seed reports it: mean and std of the absolute percentage error on the test houses."""
     metrics = _json(root / "reports" / "metrics" / f"{name}.json")
-    summary = _json(root / "models" / name / "train_summary.json")
+    summary = _json(root / "logs" / "train" / f"{name}.json")
     return {
         "mape_mean": metrics["ape_mean"],
         "mape_std": metrics["ape_std"],

@@ -190,10 +190,14 @@ def test_variant_overrides_and_class_weights() -> None:
         ("variants.lenet5.train", {"epoch": 3}, "variants.lenet5.train.epoch: unknown key"),
         ("variants.lenet5.dataset", "cats", "variants.lenet5.dataset: 'cats' is not one of pets, houses"),
         (
-            "augment.policy.fill_mode",
+            "augment.policies.standard.fill_mode",
             "mirror",
-            "augment.policy.fill_mode: 'mirror' is not one of nearest, reflect, constant, wrap",
+            "augment.policies.standard.fill_mode: 'mirror' is not one of nearest, reflect, constant, wrap",
         ),
+        ("variants.lenet5.augment", "strong", "variants.lenet5.augment: 'strong' is not one of none, standard"),
+        ("variants.lenet5.augment", _DELETE, "variants.lenet5.augment: missing key (required: dataset, model, augment)"),
+        ("augment.policies.none", _DELETE, "augment.policies: expected a mapping of policy name -> ops with `none: {}`"),
+        ("augment.policies.standard.seed", _DELETE, "augment.policies.standard.seed: missing key"),
         ("train.optimizer", "adagrad", "train.optimizer: 'adagrad' is not one of adam, adamw, sgd, rmsprop"),
         ("train.warmup", 4, "train.warmup: 4 epochs of warmup leave none of the 4 epochs to train at the learning rate"),
         (

@@ -44,8 +44,14 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT = REPO / "reports" / "mlflow_ui.png"
 TINY = {
-    "ui_pets_cnn": {"dataset": "pets", "model": "cnn_functional", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
-    "ui_houses_mlp": {"dataset": "houses", "model": "mlp_tabular", "train": {"epochs": 2, "batch_size": 16}},
+    "ui_pets_cnn": {
+        "dataset": "pets",
+        "model": "cnn_functional",
+        "augment": "none",
+        "width": 0.25,
+        "train": {"epochs": 1, "batch_size": 64},
+    },
+    "ui_houses_mlp": {"dataset": "houses", "model": "mlp_tabular", "augment": "none", "train": {"epochs": 2, "batch_size": 16}},
 }
 DATASET_OF = {name: v["dataset"] for name, v in TINY.items()}
 KEY_METRIC = {"pets": ("test_accuracy", False), "houses": ("test_mape", True)}  # (metric, sorted ascending)

@@ -31,9 +31,21 @@ from pipeline.training import inputs
 from tests.pipeline_project import REPO, trained_project
 
 TINY = {
-    "tiny_pets": {"dataset": "pets", "model": "cnn_functional", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
-    "tiny_seq": {"dataset": "pets", "model": "cnn_sequential", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
-    "tiny_houses": {"dataset": "houses", "model": "mixed_inputs", "train": {"epochs": 1, "batch_size": 16}},
+    "tiny_pets": {
+        "dataset": "pets",
+        "model": "cnn_functional",
+        "augment": "none",
+        "width": 0.25,
+        "train": {"epochs": 1, "batch_size": 64},
+    },
+    "tiny_seq": {
+        "dataset": "pets",
+        "model": "cnn_sequential",
+        "augment": "none",
+        "width": 0.25,
+        "train": {"epochs": 1, "batch_size": 64},
+    },
+    "tiny_houses": {"dataset": "houses", "model": "mixed_inputs", "augment": "none", "train": {"epochs": 1, "batch_size": 16}},
 }
 HOUSES_DIR = Path("data/raw/houses/Houses-dataset-master/Houses Dataset")
 TOL = 1e-5
@@ -223,17 +235,21 @@ def test_houses_per_house_errors(project: Path, tmp_path: Path) -> None:
 
 
 def test_parse_house() -> None:
-    assert predict.parse_house("3 2.5 1800 92276") == {
+    from pipeline.data.formats import parse_house
+
+    assert parse_house("3 2.5 1800 92276", price_required=False) == {
         "bedrooms": 3.0,
         "bathrooms": 2.5,
         "area": 1800.0,
         "zipcode": "92276",
         "price": None,
     }
-    assert predict.parse_house("3 2.5 1800 92276 500000")["price"] == 500000.0
+    assert parse_house("3 2.5 1800 92276 500000", price_required=False)["price"] == 500000.0
     for bad in ("3 2.5 1800", "3 2.5 nan 92276", "a b c d"):
         with pytest.raises(ValueError):
-            predict.parse_house(bad)
+            parse_house(bad, price_required=False)
+    with pytest.raises(ValueError, match=r"expected 5 fields \(bedrooms bathrooms area zipcode price\), got 4"):
+        parse_house("3 2.5 1800 92276", price_required=True)
 
 
 def test_resize_mode_comes_from_the_prepared_meta() -> None:

@@ -90,9 +90,9 @@ def test_select_names_an_unknown_variant_and_the_choices() -> None:
 
 def test_figures_read_the_runs_outputs_and_name_a_missing_file(tmp_path: Path) -> None:
     (tmp_path / "reports" / "metrics").mkdir(parents=True)
-    (tmp_path / "models" / "mlp").mkdir(parents=True)
+    (tmp_path / "logs" / "train").mkdir(parents=True)
     (tmp_path / "reports/metrics/mlp.json").write_text(json.dumps({"ape_mean": 20.0, "ape_std": 15.0, "examples": 91}))
-    (tmp_path / "models/mlp/train_summary.json").write_text(json.dumps({"train_seconds": 12.34, "images_seen": 100, "epochs": 5}))
+    (tmp_path / "logs/train/mlp.json").write_text(json.dumps({"train_seconds": 12.34, "images_seen": 100, "epochs": 5}))
     assert results.houses_figures(tmp_path, "mlp") == {
         "mape_mean": 20.0,
         "mape_std": 15.0,
@@ -101,11 +101,8 @@ def test_figures_read_the_runs_outputs_and_name_a_missing_file(tmp_path: Path) -
     }
     with pytest.raises(results.ResultsError, match="reports/metrics/cnn.json"):
         results.pets_figures(tmp_path, "cnn")
-    (tmp_path / "models" / "cnn").mkdir()
     (tmp_path / "reports/metrics/cnn.json").write_text(json.dumps({"accuracy": 0.8, "roc_auc": 0.9}))
-    (tmp_path / "models/cnn/train_summary.json").write_text(
-        json.dumps({"train_seconds": 60.04, "images_seen": 40000, "epochs": 20})
-    )
+    (tmp_path / "logs/train/cnn.json").write_text(json.dumps({"train_seconds": 60.04, "images_seen": 40000, "epochs": 20}))
     assert results.pets_figures(tmp_path, "cnn") == {
         "test_accuracy": 0.8,
         "roc_auc": 0.9,

@@ -29,12 +29,18 @@ TINY = {
     "tiny_cnn": {
         "dataset": "pets",
         "model": "cnn_functional",
-        "augment": True,
+        "augment": "standard",
         "width": 0.25,
         "train": {"epochs": 2, "batch_size": 32},
     },
-    "tiny_seq": {"dataset": "pets", "model": "cnn_sequential", "width": 0.25, "train": {"epochs": 1, "batch_size": 64}},
-    "tiny_mixed": {"dataset": "houses", "model": "mixed_inputs", "train": {"epochs": 2, "batch_size": 16}},
+    "tiny_seq": {
+        "dataset": "pets",
+        "model": "cnn_sequential",
+        "augment": "none",
+        "width": 0.25,
+        "train": {"epochs": 1, "batch_size": 64},
+    },
+    "tiny_mixed": {"dataset": "houses", "model": "mixed_inputs", "augment": "none", "train": {"epochs": 2, "batch_size": 16}},
 }
 
 
@@ -48,7 +54,7 @@ def _run(root: Path, variant: str):  # noqa: ANN202
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    run_id = json.loads((root / "models" / variant / "mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((root / "logs/train" / f"{variant}.json").read_text())["run_id"]
     client = mlflow.MlflowClient()
     return client, client.get_run(run_id)
 
@@ -59,8 +65,8 @@ def test_outputs_written(trained: Path) -> None:
         history = pd.read_csv(trained / "reports/train" / f"{name}.csv")
         assert history.epoch.tolist() == list(range(variant["train"]["epochs"]))
         assert {"loss", "val_loss"} <= set(history.columns)
-    assert (trained / "reports/augmentation/pets.png").stat().st_size > 1000
-    assert json.loads((trained / "reports/augmentation/policy.json").read_text())["policy"]["rotation"] == 40.0
+    assert (trained / "reports/augmentation/standard.png").stat().st_size > 1000  # one preview per policy but none
+    assert sorted(p.name for p in (trained / "reports/augmentation").iterdir()) == ["standard.png"]
 
 
 def test_metrics_and_plots(trained: Path) -> None:
@@ -286,7 +292,7 @@ def test_revision_follows_params_not_dvc_lock(tmp_path: Path, monkeypatch: pytes
 def test_evaluate_in_a_store_without_the_train_run(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Model folders restored by DVC (a fresh clone, a CI cache) name runs another store holds: evaluate goes on."""
+    """Model folders restored by DVC (a fresh clone, a CI cache) were trained under another store: evaluate goes on."""
     import logging
 
     import mlflow
@@ -298,23 +304,36 @@ def test_evaluate_in_a_store_without_the_train_run(
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/fresh.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    md5 = tracking.file_md5(tmp_path / "models/tiny_seq/model.keras")
     with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
         evaluate.main(["tiny_seq"])
-    stored = json.loads((tmp_path / "models/tiny_seq/mlflow_run.json").read_text())["run_id"]
-    lines = [r.getMessage() for r in caplog.records if "tiny_seq: run" in r.getMessage()]
-    assert len(lines) == 1 and f"run {stored} is not in {uri}" in lines[0] and "logging into new run" in lines[0]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tiny_seq: no run")]
+    assert len(lines) == 1 and f"no run in {uri} trained models/tiny_seq/model.keras (md5 {md5}" in lines[0]
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("pets").experiment_id])
-    sha = tracking.file_sha256(tmp_path / "models/tiny_seq/model.keras")
-    assert run.info.run_id != stored and run.info.status == "FINISHED"
-    assert run.data.tags[tracking.MODEL_TAG] == sha and run.data.tags["dvc.stage"] == "train@tiny_seq"
+    assert run.info.status == "FINISHED" and lines[0].endswith(f"logging into new run {run.info.run_id}")
+    assert run.data.tags[tracking.MODEL_TAG] == md5 and run.data.tags["dvc.stage"] == "train@tiny_seq"
     assert run.data.params["model"] == "cnn_sequential" and "test_accuracy" in run.data.metrics
-    # the next evaluate finds that run by the model file's sha256: no second run
+    # the next evaluate finds that run by the model file's md5: no second run, no log line
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
         evaluate.main(["tiny_seq"])
     assert len(client.search_runs([run.info.experiment_id])) == 1
-    assert any(f"logging into run {run.info.run_id}, which trained the same model file" in r.getMessage() for r in caplog.records)
-    # the train run itself carries the tag
+    assert not [r for r in caplog.records if "no run" in r.getMessage()]
+    # in the store where it trained, the train run carries the tag, and evaluate logged into it
     _, trained_run = _run(trained, "tiny_seq")
-    assert trained_run.data.tags[tracking.MODEL_TAG] == sha
+    assert trained_run.data.tags[tracking.MODEL_TAG] == md5 and "test_accuracy" in trained_run.data.metrics
+
+
+def test_the_saved_model_has_the_same_bytes_when_the_weights_are_the_same(tmp_path: Path) -> None:
+    import keras
+
+    from pipeline import files
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    files.save_keras(model, tmp_path / "a.keras")
+    files.save_keras(model, tmp_path / "b.keras")  # Keras stamps each save with the time: removed
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    again = keras.models.load_model(tmp_path / "b.keras", safe_mode=True)
+    np.testing.assert_array_equal(again.predict(np.ones((1, 4)), verbose=0), model.predict(np.ones((1, 4)), verbose=0))

@@ -204,8 +204,13 @@ def test_houses_table_counts_accepted_photos_and_keeps_line_numbers(tmp_path: Pa
     [
         ("1 1 800 92276 100000\n2 1 900 92276\n", ":2:", "expected 5 fields"),
         ("1 1 800 92276 100000\n2 1 900 92276 100000 7\n", ":2:", "got 6"),
-        ("1 1 800 92276 100000\n\nthree 1 900 92276 100000\n", ":3:", "invalid literal"),
-        ("1 one 800 92276 100000\n", ":1:", "could not convert"),
+        (
+            "1 1 800 92276 100000\n\nthree 1 900 92276 100000\n",
+            ":3:",
+            "must be numbers (could not convert string to float: 'three')",
+        ),
+        ("1 one 800 92276 100000\n", ":1:", "must be numbers (could not convert string to float: 'one')"),
+        ("2.5 1 800 92276 100000\n", ":1:", "bedrooms must be a whole number"),
     ],
 )
 def test_houses_table_malformed_line(tmp_path: Path, text: str, where: str, fragment: str) -> None:

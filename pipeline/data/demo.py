@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.config import HOUSE_ROOMS, DemoConfig
+from pipeline.data.formats import HOUSES_INFO, PETS_ROOT
 
 log = logging.getLogger(__name__)
 
-PETS_ROOT = "PetImages"
 HOUSES_ROOT = "Houses-dataset-master/Houses Dataset"
 
 # Cats: lighter, warmer fur and pointed ears; dogs: darker fur and floppy ears.
@@ -181,6 +181,6 @@ def write_houses(root: Path, cfg: DemoConfig, photo_size: int = 64) -> int:
         for room in HOUSE_ROOMS:
             img = _room_photo(photo_rng, room, quality, area, photo_size)
             (folder / f"{house}_{room}.jpg").write_bytes(_jpeg(img))
-    (folder / "HousesInfo.txt").write_text("\n".join(lines) + "\n")
+    (folder / HOUSES_INFO).write_text("\n".join(lines) + "\n")
     (root / "Houses-dataset-master" / "README.md").write_text("Demo stand-in for the Houses dataset (Ahmed & Moustafa, 2016).\n")
     return 4 * cfg.houses + 2

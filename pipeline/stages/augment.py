@@ -1,9 +1,9 @@
-"""Stage ``augment``: resolve the augmentation policy and preview it on train images.
+"""Stage ``augment``: a preview of each augmentation policy on train images.
 
-Writes ``reports/augmentation/policy.json`` (the policy the train stage
-applies, on the fly and to the train split only, for variants with
-``augment: true``) and ``reports/augmentation/pets.png``: one row per train
-image, the original and five augmented copies.
+Writes ``reports/augmentation/<policy>.png`` for every policy of
+``augment.policies`` but ``none``: one row per train image, the original and
+five augmented copies. Only a picture: the train stage reads its variant's
+policy from params, so changing ``augment.preview`` retrains nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from pipeline import config, files, paths
-from pipeline.config import AugmentConfig
+from pipeline.config import AugmentPolicy
 from pipeline.data import shards
 
 log = logging.getLogger(__name__)
@@ -24,25 +24,23 @@ DATASET = "pets"  # the augmented variants are the pets CNNs
 COPIES = 5
 
 
-def preview(cfg: AugmentConfig, images: np.ndarray, stats: dict, out_png) -> None:  # noqa: ANN001
+def preview(name: str, policy: AugmentPolicy, images: np.ndarray, stats: dict, out_png) -> None:  # noqa: ANN001
     """Draw the preview grid of ``images`` with the policy and the train-split PCA colour eigenpairs."""
     from pipeline.training import augment_ops
 
-    fn = augment_ops.build(
-        augment_ops.Policy(**cfg.policy), stats["image"]["pca_eigenvalues"], stats["image"]["pca_eigenvectors"], cfg.seed
-    )
-    augment_ops.preview_grid(images, fn, COPIES, out_png, title=f"augmentation policy (seed {cfg.seed})")
+    image = stats["image"]
+    fn = augment_ops.build(augment_ops.Policy(**policy.ops), image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
+    augment_ops.preview_grid(images, fn, COPIES, out_png, title=f"augmentation policy {name} (seed {policy.seed})")
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline augment``."""
     argparse.ArgumentParser(prog="python -m pipeline augment", description=__doc__).parse_args(argv)
     cfg = config.load().augment
-    out = paths.AUGMENTATION
     index, images = shards.load_split(paths.prepared(DATASET), "train")
     stats = json.loads(paths.stats(DATASET).read_text())
-    pick = np.random.default_rng(cfg.seed).choice(len(index), size=min(cfg.preview, len(index)), replace=False)
-    with files.atomic_dir(out) as tmp:
-        files.write_json(tmp / paths.POLICY.name, {"seed": cfg.seed, "policy": cfg.policy})
-        preview(cfg, images[np.sort(pick)], stats, tmp / f"{DATASET}.png")
-    log.info("policy %s; preview of %d train images in %s", cfg.policy, len(pick), out / f"{DATASET}.png")
+    with files.atomic_dir(paths.AUGMENTATION) as tmp:
+        for name, policy in cfg.policies.items():
+            pick = np.random.default_rng(policy.seed).choice(len(index), size=min(cfg.preview, len(index)), replace=False)
+            preview(name, policy, images[np.sort(pick)], stats, tmp / f"{name}.png")
+            log.info("policy %s: %s; preview of %d train images", name, policy.ops, len(pick))

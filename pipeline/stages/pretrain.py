@@ -14,8 +14,9 @@ measured on houses the backbone never saw.
 Writes ``models/pretrain/``: ``backbone.keras`` (image, 0-255 pixels ->
 pooled features; its ``Normalization`` holds the per-channel mean/variance
 of the training photos as constants; reloads with ``safe_mode=True``),
-``summary.json`` (val accuracy, chance level, epochs, seconds, classes,
-counts), ``history.csv`` and the MLflow run id (experiment ``pretrain``).
+``summary.json`` (val accuracy, chance level, epochs, classes, counts) and
+``history.csv``; timings go to its MLflow run (experiment ``pretrain``,
+tagged with the backbone file's md5), not into these hashed outputs.
 
 :func:`load_backbone` is what the train stage calls for the
 ``needs_backbone`` variants: this stage's backbone (``transfer.backbone:
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> None:
         "train_accuracy": float(history["accuracy"][-1]),
         "chance_accuracy": float(val_counts.max() / val_counts.sum()),  # always guessing the commonest val room
         "epochs": len(history["loss"]),
-        "seconds": seconds,
-        "decode_seconds": decode_seconds,
         "image_size": size,
         "feature_dim": int(backbone.outputs[0].shape[-1]),
         "parameters": int(backbone.count_params()),
@@ -134,15 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = paths.PRETRAIN
     with files.atomic_dir(out) as tmp:
-        backbone.save(tmp / BACKBONE_FILE)
+        files.save_keras(backbone, tmp / BACKBONE_FILE)
         files.write_json(tmp / SUMMARY_FILE, summary)
         pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(tmp / "history.csv", index=False)
-        tracking.save_run_id(tmp, run_id)
+    tracking.tag_model(run_id, out / BACKBONE_FILE)
     for name, folder in ((SUMMARY_FILE, "summary"), ("history.csv", "history"), (BACKBONE_FILE, "model")):
         tracking.log_artifact(run_id, out / name, folder)
-    tracking.log_metrics(
-        run_id, {k: summary[k] for k in ("val_accuracy", "train_accuracy", "chance_accuracy", "seconds", "parameters")}
-    )
+    scores = {k: summary[k] for k in ("val_accuracy", "train_accuracy", "chance_accuracy", "parameters")}
+    tracking.log_metrics(run_id, {**scores, "seconds": seconds, "decode_seconds": decode_seconds})
     tracking.finish(run_id)
     log.info(
         "pretrain: val accuracy %.3f (chance %.3f) after %d epochs, %.1f s -> %s",

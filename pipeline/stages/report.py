@@ -19,7 +19,7 @@ from pipeline.metrics import TASKS
 
 log = logging.getLogger(__name__)
 
-COMMON = ["parameters", "epochs", "train_seconds", "images_per_s"]
+COMMON = ["parameters", "epochs"]  # timings live in MLflow: they vary from run to run
 
 
 def collect(folder: Path) -> dict[str, dict[str, Any]]:

@@ -1,11 +1,14 @@
 """Stage ``train@<variant>``: fit one registered model on its dataset's train split.
 
 Reads the prepared shards, the train-split statistics (normalization, class
-weights, PCA colour eigenvectors) and the augmentation policy; writes
-``models/<variant>/model.keras`` (reloads with ``safe_mode=True``), the
-resolved config, and the per-epoch history ``reports/train/<variant>.csv``. Logs
-params, per-epoch metrics, class weights and artifacts into the variant's
-MLflow run, whose id ``evaluate`` picks up from ``models/<variant>/``.
+weights, PCA colour eigenvectors) and the variant's augmentation policy
+(params ``augment.policies.<name>``); writes ``models/<variant>/model.keras``
+(reloads with ``safe_mode=True``; the same weights give the same bytes), the
+resolved config, and the per-epoch history ``reports/train/<variant>.csv``.
+Logs params, per-epoch metrics, class weights, timings and artifacts into the
+variant's MLflow run, tagged with the model file's md5 so that ``evaluate``
+finds it; the run id and timings also go to ``logs/train/<variant>.json``
+(not a DVC output: they differ from run to run).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config, files, paths, tracking
-from pipeline.config import Variant
+from pipeline.config import AugmentPolicy, Variant
 from pipeline.data import shards
 from pipeline.errors import PipelineError
 from pipeline.training.inputs import make_dataset, model_inputs
@@ -39,12 +43,25 @@ def mlflow_example(model: Any, names: tuple[str, ...], prepared: Path) -> tuple[
     return x, model.predict(ds, verbose=0)
 
 
-def resolved(variant: Variant, policy: dict[str, Any]) -> dict[str, Any]:
+def resolved(variant: Variant, policy: AugmentPolicy | None) -> dict[str, Any]:
     """Everything that defines the variant's training, as plain data (saved and logged)."""
     out = dataclasses.asdict(variant)
-    if variant.augment:
-        out["augment_policy"] = dict(policy["policy"], seed=policy["seed"])
+    if policy is not None:
+        out["augment_policy"] = dict(policy.ops, seed=policy.seed)
     return out
+
+
+def log_augmentation(run_id: str, policy: AugmentPolicy, prepared: Path, stats: dict[str, Any]) -> None:
+    """The policy (JSON) and a preview of it on four train images, as artifacts of the run (not DVC outputs)."""
+    from pipeline.training import augment_ops
+
+    _, images = shards.load_split(prepared, "train")
+    image = stats["image"]
+    fn = augment_ops.build(augment_ops.Policy(**policy.ops), image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        files.write_json(Path(tmp) / "policy.json", dict(policy.ops, seed=policy.seed))
+        augment_ops.preview_grid(images[:4], fn, 5, Path(tmp) / "preview.png", title=f"augmentation (seed {policy.seed})")
+        tracking.log_artifact(run_id, Path(tmp), "augmentation")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if not stats_path.exists():
         raise PipelineError(f"{stats_path}: not found; run the stats stage first")
     stats = json.loads(stats_path.read_text())
-    policy = json.loads(paths.POLICY.read_text()) if variant.augment else {}
+    policy = params.augment.policies.get(variant.augment)  # None: "none"
     run_config = resolved(variant, policy)
     from pipeline.models import registry
 
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = class_weight(variant.train, stats)
     by_label = {stats["classes"][i]: w for i, w in weights.items()} if weights else {}
     with files.atomic_dir(out) as tmp:
-        model.save(tmp / "model.keras")
+        files.save_keras(model, tmp / "model.keras")
         files.write_json(
             tmp / "config.json",
             {
@@ -96,13 +113,10 @@ def main(argv: list[str] | None = None) -> None:
                 "parameters": model.count_params(),
             },
         )
-        files.write_json(
-            tmp / "train_summary.json",
-            {"train_seconds": seconds, "images_seen": seen, "images_per_s": seen / seconds, "epochs": len(history["loss"])},
-        )
         files.write_json(tmp / "class_weight.json", by_label)
-        tracking.save_run_id(tmp, run_id)
     tracking.tag_model(run_id, out / "model.keras")
+    timings = {"train_seconds": seconds, "images_seen": seen, "images_per_s": seen / seconds, "epochs": len(history["loss"])}
+    files.write_json(paths.train_log(variant.name), {"run_id": run_id, "tracking_uri": tracking.tracking_uri(), **timings})
     history_csv = paths.history(variant.name)
     history_csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history).rename_axis("epoch").reset_index().to_csv(history_csv, index=False)
@@ -114,10 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         (out / "config.json", "config"),
         (history_csv, "history"),
     )
-    if variant.augment:
-        artifacts += ((paths.POLICY, "augmentation"), (paths.AUGMENTATION / "pets.png", "augmentation"))
     for path, folder in artifacts:
         tracking.log_artifact(run_id, path, folder)
+    if policy is not None:
+        log_augmentation(run_id, policy, prepared, stats)
     tracking.log_metrics(run_id, {"train_seconds": seconds, "images_per_s": seen / seconds, "parameters": model.count_params()})
     # the MLflow model in the run's model/ folder: model.keras with a signature and an input example
     tracking.log_model(run_id, model, *mlflow_example(model, registry.get(variant.model).inputs, prepared))

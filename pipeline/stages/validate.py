@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,12 @@ from tqdm import tqdm
 
 from pipeline import cli, config, files, paths
 from pipeline.config import HOUSE_ROOMS, HousesChecks, PetsChecks
-from pipeline.data.demo import PETS_ROOT
+from pipeline.data.formats import HOUSES_INFO, PETS_ROOT, PHOTO_NAME, parse_house
 from pipeline.data.images import ImageLimits, inspect
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-HOUSES_INFO = "HousesInfo.txt"
-_PHOTO_NAME = re.compile(r"(\d+)_(" + "|".join(HOUSE_ROOMS) + r")\.jpg")
 _INLINE_BELOW = 256  # files; below this, worker start-up costs more than it saves
 
 
@@ -78,7 +75,7 @@ def houses_manifest(root: Path, folder: Path, limits: ImageLimits, workers: int)
     rels = [r for r in _relative_files(root, folder) if not r.endswith("/" + HOUSES_INFO)]
     rows = scan(root, rels, limits, workers)
     for row in rows:
-        m = _PHOTO_NAME.fullmatch(row["path"].rsplit("/", 1)[-1])
+        m = PHOTO_NAME.fullmatch(row["path"].rsplit("/", 1)[-1])
         row["house_id"], row["label"] = (int(m[1]), m[2]) if m else (None, None)
         if not m and row["status"] == "accepted":
             row.update(status="rejected", reason=f"unexpected file name (expected N_<{'|'.join(HOUSE_ROOMS)}>.jpg)")
@@ -94,17 +91,15 @@ def houses_table(info: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """Parse ``HousesInfo.txt`` (line N = house N) and count each house's accepted photos."""
     records = []
     for lineno, line in enumerate(info.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
+        if not line.split():
             continue
-        if len(fields) != 5:
-            raise PipelineError(
-                f"{info}:{lineno}: expected 5 fields (bedrooms bathrooms area zipcode price), got {len(fields)}: {line!r}"
-            )
         try:
-            records.append((lineno, int(fields[0]), float(fields[1]), float(fields[2]), fields[3], float(fields[4])))
+            house = parse_house(line, price_required=True)
         except ValueError as exc:
-            raise PipelineError(f"{info}:{lineno}: {exc} in {line!r}") from None
+            raise PipelineError(f"{info}:{lineno}: {exc}") from None
+        if not house["bedrooms"].is_integer():
+            raise PipelineError(f"{info}:{lineno}: bedrooms must be a whole number: {line.strip()!r}")
+        records.append((lineno, int(house["bedrooms"]), *(house[k] for k in ("bathrooms", "area", "zipcode", "price"))))
     table = pd.DataFrame(records, columns=["house_id", "bedrooms", "bathrooms", "area", "zipcode", "price"])
     ok = manifest[manifest.status == "accepted"].groupby("house_id")["label"].nunique()
     table["photos"] = table.house_id.map(ok).fillna(0).astype("int64")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
-from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS, PretrainConfig, TrainConfig, TransferConfig, Variant
+from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS, AugmentPolicy, PretrainConfig, TrainConfig, TransferConfig, Variant
 from pipeline.data import shards
 from pipeline.errors import PipelineError
 from pipeline.models.registry import ModelSpec
@@ -131,14 +131,14 @@ def fit(
     meta: dict[str, Any],
     stats: dict[str, Any],
     prepared: Path,
-    policy: dict[str, Any],
+    policy: AugmentPolicy | None,
     run_id: str | None,
     transfer: TransferConfig | None = None,
 ):  # noqa: ANN201
     """Build, compile and fit the variant; return (model, history dict, seconds, images seen).
 
-    ``policy`` is the augment stage's ``policy.json`` (``seed`` and ``policy``),
-    applied to the train split only when the variant has ``augment: true``.
+    ``policy`` is the variant's augmentation policy (None: ``augment: none``),
+    applied to the train split only.
     ``transfer`` (params ``transfer``; default: the pretrain stage's backbone)
     picks the backbone of the models that need one.
     """
@@ -175,12 +175,12 @@ def fit(
     train_idx, train_img = shards.load_split(prepared, "train")
     val_idx, val_img = shards.load_split(prepared, "val")
     augment = None
-    if variant.augment and "image" in entry.inputs:
+    if policy is not None and "image" in entry.inputs:
         from pipeline.training import augment_ops
 
         img = stats["image"]
         augment = augment_ops.build(
-            augment_ops.Policy(**policy["policy"]), img["pca_eigenvalues"], img["pca_eigenvectors"], policy["seed"]
+            augment_ops.Policy(**policy.ops), img["pca_eigenvalues"], img["pca_eigenvectors"], policy.seed
         )
     spec = model_spec(variant, meta, stats)
     if entry.needs_backbone:  # --- transfer learning: the pretrained backbone goes into the spec
