@@ -48,19 +48,14 @@ import yaml
 
 from pipeline import config, files, paths
 from pipeline.errors import PipelineError
-from pipeline.metrics import TASKS
+from pipeline.metrics import TASKS, sense
 
 log = logging.getLogger(__name__)
 
 MARKER = "<!-- cnn-pipeline-review -->"  # finds the pull-request comment to update in place
 FLAG = "⚠"
 
-# The sense of each metric: which way is better.
-HIGHER = ("accuracy", "precision", "recall", "f1", "roc_auc", "knn_accuracy")
-LOWER = ("mape", "ape_mean", "ape_std", "mae", "rmse", "loss")
-FASTER = ("images_per_s",)  # neutral for quality; higher is faster
 TIMINGS = ("train_seconds", "images_per_s")  # wall-clock: vary run to run, never marked
-# everything else (parameters, epochs, examples, images_seen, knn_k, ...) is neutral: up/down
 
 
 class ReviewError(PipelineError):
@@ -187,17 +182,6 @@ class Review:
 
 
 # --------------------------------------------------------------------------- pure: metrics
-
-
-def sense(metric: str) -> str:
-    """``higher`` / ``lower`` (is better), ``faster`` (higher is faster) or ``neutral``."""
-    if metric in HIGHER:
-        return "higher"
-    if metric in LOWER:
-        return "lower"
-    if metric in FASTER:
-        return "faster"
-    return "neutral"
 
 
 def _scalar(value: Any) -> bool:
