@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from pipeline import config, files, paths
+from pipeline.config import flatten
 from pipeline.errors import PipelineError
 from pipeline.metrics import TASKS, sense
 
@@ -226,16 +227,6 @@ def diff_metrics(base: Mapping[str, Any] | None, head: Mapping[str, Any] | None,
 
 
 # --------------------------------------------------------------------------- pure: params
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> {dotted key: leaf}; lists and (nested) empty mappings are leaves."""
-    if isinstance(value, Mapping) and (value or not prefix):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def _diff_flat(old: Mapping[str, Any], new: Mapping[str, Any], rename=lambda k: k) -> list[Change]:  # noqa: ANN001
