@@ -15,7 +15,8 @@ the same content with the plots embedded.
 Modules: :mod:`.sides` reads one side (the working tree, or a revision through
 DVC, rebuilt where the DVC cache lacks its outputs); :mod:`.diff` compares two
 sides (pure); :mod:`.document` lays the comparison out as blocks, which
-:mod:`.render` writes as Markdown or HTML. TensorFlow is never imported.
+:mod:`.render` writes as Markdown or HTML; :mod:`.pr_comment` posts the
+Markdown on a pull request. TensorFlow is never imported.
 """
 
 from __future__ import annotations
