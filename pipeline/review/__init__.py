@@ -40,9 +40,8 @@ from pipeline.review.diff import (
     diff_stats,
     diff_validation,
     resolve_variants,
-    verdict,
 )
-from pipeline.review.document import document, pct
+from pipeline.review.document import pct
 from pipeline.review.render import MARKER, render_html, render_md
 from pipeline.review.sides import BUILT, ReviewError, Revision, Workspace, build_base, load_side, missing_at, stale_stages
 
@@ -57,14 +56,11 @@ __all__ = [
     "Side",
     "ValidationReview",
     "VariantReview",
-    "build_base",
     "compare",
     "diff_metrics",
     "diff_params",
     "diff_stats",
     "diff_validation",
-    "document",
-    "load_side",
     "missing_at",
     "render_html",
     "render_md",
@@ -72,7 +68,6 @@ __all__ = [
     "review",
     "run",
     "stale_stages",
-    "verdict",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,7 +88,7 @@ def review(root: Path, base: str, head: str | None = None, images: bool = False,
     """Compare revision ``base`` with the workspace of ``root`` (or with ``head``, an experiment or revision).
 
     ``rebuild``: when the DVC cache lacks some of ``base``'s outputs, reproduce
-    them (:func:`build_base`) and compare with those.
+    them (:func:`.sides.build_base`) and compare with those.
     """
     root = root.resolve()
     base_reader = Revision(root, base)
