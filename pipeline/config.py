@@ -38,6 +38,20 @@ class ConfigError(PipelineError):
 # --------------------------------------------------------------------------- helpers
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> {dotted key: leaf}, ``prefix`` before every key; lists and (nested) empty mappings are leaves.
+
+    Leaves stay as they are (the review compares lists and empty sections as values);
+    :mod:`pipeline.tracking` turns them into MLflow's string params.
+    """
+    if isinstance(value, Mapping) and (value or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
 def _section(value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> Mapping:
     """Check that ``value`` is a mapping with exactly the allowed keys; ``where`` is its dotted path ("" at the top)."""
     allowed = ", ".join(sorted(required + optional))

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.config import flatten
+
 log = logging.getLogger(__name__)
 
 STORE = "mlflow.db"  # the default store and artifact folder, in the project root
@@ -78,16 +80,10 @@ def _mlflow():  # noqa: ANN202 - the module
     return mlflow
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and None become strings (MLflow params are strings)."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-    return out
+def _mlflow_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and None become JSON (MLflow params are strings), empty mappings nothing."""
+    flat = {k: v for k, v in flatten(params).items() if not isinstance(v, Mapping)}  # a mapping leaf is empty
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flat.items()}
 
 
 def git_tags() -> dict[str, str]:
@@ -138,7 +134,7 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
     run_id = client.create_run(_experiment_id(mlflow, dataset), run_name=variant).info.run_id
     client.log_batch(
         run_id,
-        params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()],
+        params=[Param(k, str(v)[:6000]) for k, v in _mlflow_params(params).items()],
         tags=[RunTag(k, str(v)) for k, v in tags.items()],
     )
     log.info("MLflow run %s (%s / %s) at %s", run_id, dataset, variant, mlflow.get_tracking_uri())
@@ -169,7 +165,7 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     mlflow = _mlflow()
     from mlflow.entities import Param
 
-    mlflow.MlflowClient().log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(params).items()])
+    mlflow.MlflowClient().log_batch(run_id, params=[Param(k, str(v)) for k, v in _mlflow_params(params).items()])
 
 
 def log_artifact(run_id: str, path: Path, folder: str) -> None:

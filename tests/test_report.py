@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from pipeline.metrics import TASKS, sense
 from pipeline.stages.report import leaderboard, scalars
 
 METRICS = {
@@ -24,3 +25,8 @@ def test_leaderboard_ranks_by_the_metric_sense() -> None:
 def test_scalars_keep_numbers_only() -> None:
     out = scalars({"a": {"task": "x", "accuracy": 0.5, "flag": True, "confusion_matrix": {"matrix": [[1]]}}})
     assert out == {"a": {"accuracy": 0.5}}
+
+
+def test_every_key_metric_has_a_better_direction() -> None:
+    # the leaderboard ranks by the key metric's sense: a neutral one would rank silently lowest-first
+    assert {key: sense(key) for key, _ in TASKS.values()} == {"accuracy": "higher", "mape": "lower"}

@@ -25,11 +25,8 @@ import yaml
 
 from pipeline import config, review
 from pipeline.config import ConfigError
-from pipeline.review import MISSING, Change, Side
+from pipeline.review import MISSING, Change, Side, pr_comment
 from tests.pipeline_project import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
-import pr_comment  # noqa: E402
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -297,7 +294,17 @@ def test_pure_modules_do_not_import_tensorflow() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
-# --------------------------------------------------------------------------- the PR comment script
+def test_review_modules_import_no_stage_and_no_tensorflow() -> None:
+    modules = ", ".join(f"pipeline.review.{p.stem}" for p in sorted((REPO / "pipeline" / "review").glob("[!_]*.py")))
+    code = (
+        f"import sys, {modules}; "
+        "sys.exit(', '.join(m for m in sys.modules if m.startswith(('pipeline.stages', 'tensorflow', 'keras'))) or None)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+# --------------------------------------------------------------------------- the PR comment (pipeline.review.pr_comment)
 
 
 class FakeGitHub:
@@ -559,7 +566,8 @@ def test_end_to_end_pr_comment_dry_run(two_commits: tuple[Path, str]) -> None:
     body = sh(
         root,
         sys.executable,
-        str(REPO / "scripts/pr_comment.py"),
+        "-m",
+        "pipeline.review.pr_comment",
         "--base",
         base,
         "--dry-run",

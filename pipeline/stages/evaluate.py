@@ -27,7 +27,7 @@ import pandas as pd
 from pipeline import config, files, paths, tracking
 from pipeline.data import shards
 from pipeline.errors import PipelineError
-from pipeline.metrics import TASKS
+from pipeline.metrics import TASKS, sense
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,8 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     run_id = tracking.model_run(folder, variant, dataset, tags)
     scalars = {f"test_{k}": v for k, v in result.items() if isinstance(v, float) and np.isfinite(v)}
     tracking.log_metrics(run_id, scalars)
-    key, higher, _ = TASKS[task]  # the leaderboard's key metric: a column of the experiment's runs table in the UI
-    tracking.set_runs_view(run_id, f"test_{key}", higher)
+    key = TASKS[task][0]  # the leaderboard's key metric: a column of the experiment's runs table in the UI
+    tracking.set_runs_view(run_id, f"test_{key}", sense(key) == "higher")
     tracking.log_artifact(run_id, paths.metrics(variant), "metrics")
     for png in pngs:
         tracking.log_artifact(run_id, png, "plots")

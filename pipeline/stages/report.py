@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import files, paths
-from pipeline.metrics import TASKS
+from pipeline.metrics import TASKS, sense
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,11 @@ def _fmt(value: Any) -> str:
 def leaderboard(metrics: dict[str, dict[str, Any]]) -> str:
     """Markdown: one table per task, sorted by the task's key metric (best first)."""
     lines = ["# Leaderboard", ""]
-    for task, (key, higher, columns) in TASKS.items():
+    for task, (key, columns) in TASKS.items():
         rows = {v: m for v, m in metrics.items() if m.get("task") == task}
         if not rows:
             continue
+        higher = sense(key) == "higher"
         ranked = sorted(rows, key=lambda v: rows[v].get(key, math.nan) * (-1 if higher else 1))
         dataset = ", ".join(sorted({m["dataset"] for m in rows.values()}))
         lines += [f"## {dataset}: {task.replace('_', ' ')} (by {key}, {'higher' if higher else 'lower'} is better)", ""]

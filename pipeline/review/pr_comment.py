@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Write the review report and post it as one pull-request comment, updated in place on each push.
 
 Called by ``.github/workflows/review.yml`` after ``make run``, from the project root::
 
-    python scripts/pr_comment.py --base "$BASE_SHA" --rebuild-base --output reports/review.md --html reports/review.html
+    python -m pipeline.review.pr_comment --base "$BASE_SHA" --rebuild-base --output reports/review.md --html reports/review.html
 
 It writes the report (what ``python -m pipeline report --base REV`` writes),
 then looks for the comment of the workflow's bot that carries the hidden marker
@@ -15,7 +14,7 @@ goes to ``GITHUB_STEP_SUMMARY`` when that is set.
   --dry-run         print the comment body and call nothing (what the tests run)
   --body FILE       post an existing Markdown report instead of writing one
   --rebuild-base    reproduce the base's outputs where the DVC cache lacks them
-                    (``pipeline.review.build_base``)
+                    (:func:`pipeline.review.sides.build_base`)
 """
 
 from __future__ import annotations
@@ -30,14 +29,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]  # the project holding the pipeline package
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from pipeline.errors import PipelineError
+from pipeline.review import MARKER, render_html, render_md, review
 
-from pipeline import review  # noqa: E402  (after the path set-up)
-from pipeline.errors import PipelineError  # noqa: E402
-
-MARKER = review.MARKER
 MAX_BODY = 65_000  # GitHub refuses comments over 65,536 characters
 BOT = "github-actions[bot]"  # who GITHUB_TOKEN posts as
 
@@ -65,6 +59,7 @@ def find_comment(comments: Iterable[dict], bot: str = BOT) -> dict | None:
 
 
 def list_comments(api: Api, repo: str, pr: int) -> Iterable[dict]:
+    """Every comment of the pull request, a page of 100 at a time."""
     page = 1
     while True:
         batch = api("GET", f"/repos/{repo}/issues/{pr}/comments?per_page=100&page={page}", None)
@@ -85,6 +80,8 @@ def upsert(api: Api, repo: str, pr: int, body: str, bot: str = BOT) -> tuple[str
 
 
 def github_api(token: str, base_url: str = "https://api.github.com") -> Api:
+    """An :data:`Api` calling GitHub's REST API with ``token``."""
+
     def call(method: str, path: str, body: dict | None) -> Any:
         request = urllib.request.Request(
             base_url.rstrip("/") + path,
@@ -105,6 +102,7 @@ def github_api(token: str, base_url: str = "https://api.github.com") -> Api:
 
 
 def pull_request_number(explicit: int | None) -> int:
+    """``explicit``, else the number in the workflow's event (``GITHUB_EVENT_PATH``)."""
     if explicit:
         return explicit
     event_path = os.environ.get("GITHUB_EVENT_PATH")
@@ -117,7 +115,10 @@ def pull_request_number(explicit: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python -m pipeline.review.pr_comment``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.review.pr_comment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--base", metavar="REV", help="write the report against this git revision")
     source.add_argument("--body", type=Path, metavar="FILE", help="post this Markdown file as it is")
@@ -140,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.body:
             body = args.body.read_text()
         else:
-            result = review.review(root, args.base, args.head, images=args.html is not None, rebuild=args.rebuild_base)
-            body = review.render_md(result)
+            result = review(root, args.base, args.head, images=args.html is not None, rebuild=args.rebuild_base)
+            body = render_md(result)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(body)
             if args.html:
                 args.html.parent.mkdir(parents=True, exist_ok=True)
-                args.html.write_text(review.render_html(result))
+                args.html.write_text(render_html(result))
     except PipelineError as exc:
         print(f"pr_comment: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,252 @@
+"""Reading one side of a review: the working tree, or a git revision or DVC experiment.
+
+A revision's ``params.yaml`` comes from git; its generated outputs are
+DVC-tracked, so they are read through :class:`dvc.api.DVCFileSystem` at that
+revision (its ``dvc.lock`` and the local DVC cache). Where the cache lacks them
+(a fresh clone, CI: outputs hold run ids and timings, so no rerun reproduces
+the committed hashes), :func:`build_base` reproduces them in a worktree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from pipeline import config, paths
+from pipeline.errors import PipelineError
+from pipeline.review.diff import MISSING, Side
+from pipeline.review.document import code
+
+log = logging.getLogger(__name__)
+
+BUILT = Path(".dvc/tmp/review")  # rebuilt base revisions, one git worktree per commit (git-ignored by DVC)
+
+
+class ReviewError(PipelineError):
+    """A revision cannot be resolved or read."""
+
+
+class Workspace:
+    """A working tree: the project's, or a rebuilt revision's."""
+
+    def __init__(self, root: Path, label: str = "workspace") -> None:
+        self.root = root
+        self.label = label
+        self.notes: list[str] = []
+
+    def read(self, path: PurePosixPath | Path) -> bytes | None:
+        p = self.root / path
+        return p.read_bytes() if p.is_file() else None
+
+    def listdir(self, folder: PurePosixPath | Path) -> list[str]:
+        p = self.root / folder
+        return sorted(q.name for q in p.iterdir() if q.is_file()) if p.is_dir() else []
+
+
+class Revision:
+    """A git revision or experiment: params.yaml from git, outputs through DVC (dvc.lock + the local cache)."""
+
+    def __init__(self, root: Path, rev: str) -> None:
+        from dvc.api import DVCFileSystem
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+        from dvc.scm import resolve_rev
+        from scmrepo.git import Git
+
+        try:
+            with Repo(str(root)) as repo:
+                if not isinstance(repo.scm, Git):
+                    raise ReviewError(f"{root}: not a git repository; a review compares with a git revision")
+                self.sha = resolve_rev(repo.scm, rev)  # experiment names too, unlike git's own rev-parse
+        except DvcException as exc:
+            raise ReviewError(f"{rev!r}: {exc} (a git revision, branch, tag or experiment name of {root.resolve()})") from None
+        self.label = self.sha[:7] if self.sha.startswith(rev) else f"{rev} ({self.sha[:7]})"
+        self.fs = DVCFileSystem(repo=str(root), rev=self.sha)
+        self.notes: list[str] = []
+
+    def read(self, path: PurePosixPath | Path) -> bytes | None:
+        key = PurePosixPath(path).as_posix()
+        try:
+            return self.fs.read_bytes(key)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except Exception as exc:  # noqa: BLE001  (a tracked output absent from the local cache, ...)
+            self.notes.append(f"{code(key)}: {_unreadable(exc)}")
+            return None
+
+    def listdir(self, folder: PurePosixPath | Path) -> list[str]:
+        key = PurePosixPath(folder).as_posix()
+        try:
+            entries = self.fs.ls(key, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except Exception as exc:  # noqa: BLE001
+            self.notes.append(f"{code(key)}: {_unreadable(exc)}")
+            return []
+        return sorted(PurePosixPath(e["name"]).name for e in entries if e.get("type") == "file")
+
+
+Reader = Workspace | Revision
+
+
+def _unreadable(exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"not in the local DVC cache? ({type(exc).__name__}: {first}; `dvc pull`, or `dvc repro` at that revision)"
+
+
+# --------------------------------------------------------------------------- dvc.lock against params.yaml
+
+
+def stale_stages(params: Mapping[str, Any], lock: Mapping[str, Any]) -> list[str]:
+    """The stages of ``dvc.lock`` whose recorded params differ from ``params``: their outputs predate the params.
+
+    DVC keeps the entries of ``foreach`` items that no longer exist (a removed
+    variant's ``train@<name>``): an item whose params are gone is not stale.
+    """
+    stale = []
+    for stage, entry in ((lock or {}).get("stages") or {}).items():
+        recorded = ((entry or {}).get("params") or {}).get("params.yaml") or {}
+        found = {dotted: _lookup(params, str(dotted)) for dotted in recorded}
+        if "@" in stage and MISSING in found.values():
+            continue
+        if any(found[dotted] != value for dotted, value in recorded.items()):
+            stale.append(stage)
+    return stale
+
+
+def _lookup(params: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = node.get(part, MISSING) if isinstance(node, Mapping) else MISSING
+    return node
+
+
+def _stale_notes(reader: Reader, params: Mapping[str, Any]) -> list[str]:
+    """A note when the side's ``dvc.lock`` records other params than its ``params.yaml``."""
+    lock = reader.read(Path("dvc.lock"))
+    if lock is None:
+        return []
+    try:
+        stale = stale_stages(params, yaml.safe_load(lock) or {})
+    except yaml.YAMLError:
+        return []
+    if not stale:
+        return []
+    shown = ", ".join(code(s) for s in stale[:6]) + (f" and {len(stale) - 6} more" if len(stale) > 6 else "")
+    if isinstance(reader, Workspace):
+        return [f"outputs older than params.yaml (stages {shown}): run `dvc repro` (or `make review`) first"]
+    return [
+        f"its dvc.lock was committed out of date with its params.yaml (stages {shown}): "
+        "those outputs came from the params dvc.lock records"
+    ]
+
+
+# --------------------------------------------------------------------------- one side
+
+
+def _params(reader: Reader) -> dict[str, Any]:
+    text = reader.read(Path("params.yaml"))
+    if text is None:
+        raise ReviewError(f"params.yaml: not found in the {reader.label}")
+    try:
+        params = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ReviewError(f"params.yaml ({reader.label}): not valid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise ReviewError(f"params.yaml ({reader.label}): expected a mapping, got {type(params).__name__}")
+    return params
+
+
+def _json(reader: Reader, path: Path, notes: list[str]) -> dict[str, Any] | None:
+    data = reader.read(path)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        notes.append(f"{code(path.as_posix())}: not JSON ({exc})")
+        return None
+
+
+def _pngs(reader: Reader, folder: Path) -> dict[str, bytes]:
+    return {n: png for n in reader.listdir(folder) if n.endswith(".png") and (png := reader.read(folder / n)) is not None}
+
+
+def _read_outputs(reader: Reader, side: Side, images: bool, notes: list[str]) -> None:
+    """Fill ``side`` with what the review compares: metrics; per dataset, statistics and validation; per variant..."""
+    for name in reader.listdir(paths.METRICS):
+        if name.endswith(".json") and (found := _json(reader, paths.METRICS / name, notes)) is not None:
+            side.metrics[name[: -len(".json")]] = found
+    declared = side.params.get("datasets")
+    for d in list(declared) if isinstance(declared, Mapping) else config.DATASETS:
+        if (stats := _json(reader, paths.stats(d), notes)) is not None:
+            side.stats[d] = stats
+        if (report := _json(reader, paths.validation_report(d), notes)) is not None:
+            side.validation[d] = report
+    for v in side.variant_names:
+        if (weights := _json(reader, paths.model(v) / "class_weight.json", notes)) is not None:
+            side.class_weights[v] = weights
+        if (run := _json(reader, paths.model(v) / "mlflow_run.json", notes)) is not None and run.get("run_id"):
+            side.runs[v] = str(run["run_id"])
+        if images:
+            side.images[v] = _pngs(reader, paths.plot_images(v))
+    if images:
+        side.images["augmentation"] = _pngs(reader, paths.AUGMENTATION)
+
+
+def load_side(reader: Reader, images: bool = False) -> Side:
+    """Read one side: params.yaml, then the outputs the review compares (what is absent stays absent)."""
+    side = Side(label=reader.label, params=_params(reader))
+    notes: list[str] = []
+    _read_outputs(reader, side, images, notes)
+    if not side.metrics:
+        notes.append(f"no {code(paths.METRICS.as_posix() + '/*.json')} (run `dvc repro` there)")
+    side.missing = notes + reader.notes  # before dvc.lock is read: what the outputs lack
+    side.notes = side.missing + _stale_notes(reader, side.params)
+    return side
+
+
+def missing_at(root: Path, rev: str) -> list[str]:
+    """What of revision ``rev``'s outputs cannot be read here (e.g. absent from the DVC cache); [] when all can."""
+    return load_side(Revision(root.resolve(), rev)).missing
+
+
+# --------------------------------------------------------------------------- rebuilding a revision
+
+
+def build_base(root: Path, sha: str, label: str) -> Workspace:
+    """Revision ``sha``'s outputs reproduced in a git worktree under ``.dvc/tmp/review/`` on this project's DVC cache.
+
+    Outputs hold run ids and timings, so a fresh ``dvc repro`` never matches the
+    hashes a committed ``dvc.lock`` records: on another machine (a fresh clone,
+    CI) the revision's outputs are not in the cache. ``dvc repro`` in the
+    worktree restores from DVC's run cache every stage that already ran here
+    with the same code, params and data (after ``make run`` at that revision:
+    all of them) and runs the others. The worktree is kept for the next review.
+    """
+    folder = root / BUILT / sha
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def call(cmd: list[str], cwd: Path) -> None:
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise ReviewError(f"rebuilding {label} in {folder}: `{' '.join(cmd)}` failed (exit {done.returncode}):\n{tail}")
+
+    if not (folder / ".git").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        call(["git", "worktree", "prune"], root)
+        call(["git", "worktree", "add", "--detach", str(folder), sha], root)
+        call(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], folder)
+    log.info("rebuilding the outputs of %s in %s (dvc repro; the run cache restores what already ran)", label, folder)
+    call(["dvc", "repro"], folder)
+    return Workspace(folder, f"{label}, rebuilt")
