@@ -32,7 +32,7 @@ bench: setup  ## benchmarks into reports/benchmarks.json (needs ../shared/datase
 	python benchmarks/run_all.py $(if $(QUICK),--skip-demo)
 
 # `make results [VARIANTS=a,b]`: every variant (or a subset) on the real datasets at the seed's protocols
-# (results.yaml) in results/workspace; writes reports/results.json and the README's results table.
+# (results.yaml) in results/workspace; writes reports/results.json and the results table of docs/results.md.
 results: setup  ## real-data results at the seed's protocols (needs ../shared/datasets): make results [VARIANTS=a,b]
 	python scripts/results.py $(if $(VARIANTS),--variants $(VARIANTS))
 

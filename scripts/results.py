@@ -13,7 +13,7 @@ before with the same inputs is restored instead of rerun.
 
 Writes ``reports/results.json`` (entries of variants not run this time are
 kept), ``reports/results.md`` and the table between the ``results`` markers
-of ``README.md``. Usage: ``python scripts/results.py [--variants a,b]``.
+of ``docs/results.md``. Usage: ``python scripts/results.py [--variants a,b]``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import data_stages  # noqa: E402 - the loopback server and the machine descripti
 WORKSPACE = REPO / "results" / "workspace"
 RESULTS_JSON = REPO / "reports" / "results.json"
 RESULTS_MD = REPO / "reports" / "results.md"
-README = REPO / "README.md"
+RESULTS_DOC = REPO / "docs" / "results.md"
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 PLAN_KEYS = ("mirror", "port", "houses_split_seeds", "params")
 
@@ -207,7 +207,7 @@ def houses_entry(by_seed: Mapping[int, Mapping[str, Any]], seeds: tuple[int, ...
 
 
 def table(results: Mapping[str, Any]) -> str:
-    """The README's results table (markdown)."""
+    """The results table of ``docs/results.md`` (markdown)."""
     lines = ["| pets variant | test accuracy | image-passes | train s |", "|---|---|---|---|"]
     for name, r in sorted(results.get("pets", {}).items(), key=lambda kv: -kv[1]["test_accuracy"]):
         lines.append(f"| `{name}` | {r['test_accuracy']:.3f} | {r['image_passes']:,} | {r['train_seconds']:.0f} |")
@@ -221,15 +221,15 @@ def table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: Path, text: str) -> None:
-    """Replace what lies between the results markers of ``readme``."""
-    content = readme.read_text()
+def update_doc(doc: Path, text: str) -> None:
+    """Replace what lies between the results markers of ``doc``."""
+    content = doc.read_text()
     start, end = MARKERS
     if start not in content or end not in content:
-        raise ResultsError(f"{readme}: the markers {start} and {end} are missing")
+        raise ResultsError(f"{doc}: the markers {start} and {end} are missing")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}{end}{tail}")
+    doc.write_text(f"{head}{start}\n{text}{end}{tail}")
 
 
 # --------------------------------------------------------------------------- main
@@ -312,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     text = table(results)
     RESULTS_MD.write_text(text)
-    update_readme(README, text)
+    update_doc(RESULTS_DOC, text)
     print(text)
     print(
         f"{len(new['pets']) + len(new['houses'])} variants in {total / 60:.1f} min;"
-        f" {RESULTS_JSON.relative_to(REPO)} and README.md updated"
+        f" {RESULTS_JSON.relative_to(REPO)} and {RESULTS_DOC.relative_to(REPO)} updated"
     )
     return 0
 

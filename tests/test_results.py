@@ -1,4 +1,4 @@
-"""``scripts/results.py``: the protocol file, the per-run params, the figures and the README table."""
+"""``scripts/results.py``: the protocol file, the per-run params, the figures and the table in docs/results.md."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_houses_entry_puts_the_seed_split_first_and_averages_every_split() -> No
     assert [s["seed"] for s in entry["splits"]] == [42, 1] and entry["mape_mean_over_splits"] == 25.0
 
 
-def test_table_and_readme_markers(tmp_path: Path) -> None:
+def test_table_and_results_doc_markers(tmp_path: Path) -> None:
     figures = {
         "pets": {
             "a": {"test_accuracy": 0.7, "image_passes": 20000, "train_seconds": 60.0},
@@ -128,13 +128,13 @@ def test_table_and_readme_markers(tmp_path: Path) -> None:
     }
     text = results.table(figures)
     assert text.index("`b`") < text.index("`a`") and "| `b` | 0.800 | 40,000 | 90 |" in text and "20.0 % ± 2.0" in text
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{results.MARKERS[0]}\nold\n{results.MARKERS[1]}\nafter\n")
-    results.update_readme(readme, text)
-    assert readme.read_text() == f"intro\n{results.MARKERS[0]}\n{text}{results.MARKERS[1]}\nafter\n"
-    readme.write_text("no markers")
+    doc = tmp_path / "results.md"
+    doc.write_text(f"intro\n{results.MARKERS[0]}\nold\n{results.MARKERS[1]}\nafter\n")
+    results.update_doc(doc, text)
+    assert doc.read_text() == f"intro\n{results.MARKERS[0]}\n{text}{results.MARKERS[1]}\nafter\n"
+    doc.write_text("no markers")
     with pytest.raises(results.ResultsError, match="markers"):
-        results.update_readme(readme, text)
+        results.update_doc(doc, text)
 
 
 def test_serve_names_a_port_in_use(tmp_path: Path) -> None:
@@ -144,3 +144,8 @@ def test_serve_names_a_port_in_use(tmp_path: Path) -> None:
             results.serve(tmp_path, server.server_address[1])
     finally:
         server.shutdown()
+
+
+def test_the_results_doc_carries_the_markers() -> None:
+    content = results.RESULTS_DOC.read_text()
+    assert all(content.count(marker) == 1 for marker in results.MARKERS)
