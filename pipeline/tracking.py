@@ -66,17 +66,17 @@ def _root(here: Path) -> Path:
     return root
 
 
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the project's ``mlflow.db`` (an absolute sqlite URI)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / STORE}"
+def tracking_uri(start: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the ``mlflow.db`` of the project holding ``start`` (an absolute sqlite URI)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(start) / STORE}"
 
 
-def _mlflow():  # noqa: ANN202 - the module
+def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     # No network but the tracking server: MLflow 3 otherwise sends usage telemetry.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri(start))
     return mlflow
 
 
@@ -307,11 +307,20 @@ def tag_model(run_id: str, model_file: Path) -> None:
     _mlflow().MlflowClient().set_tag(run_id, MODEL_TAG, file_md5(model_file))
 
 
-def find_model_run(stage: str, md5: str, dataset: str) -> str | None:
-    """The newest run of ``stage`` (``train@<variant>``) tagged with model file md5 ``md5``, or None."""
-    mlflow = _mlflow()
-    found = mlflow.MlflowClient().search_runs(
-        [_experiment_id(mlflow, dataset)],
+def find_model_run(stage: str, md5: str, dataset: str, start: Path | None = None) -> str | None:
+    """The newest run of ``stage`` (``train@<variant>``) tagged with model file md5 ``md5``, or None.
+
+    Looks in the store of the project holding ``start`` (default: the current
+    folder) and creates nothing: no store file, no experiment, no run gives None.
+    """
+    if not os.environ.get("MLFLOW_TRACKING_URI") and not (project_root(start) / STORE).is_file():
+        return None
+    client = _mlflow(start).MlflowClient()
+    experiment = client.get_experiment_by_name(dataset)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
         f"tags.`dvc.stage` = '{stage}' and tags.`{MODEL_TAG}` = '{md5}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,

@@ -139,7 +139,13 @@ def test_param_diff_names_the_variant_override_key() -> None:
 
 def test_param_diff_writing_a_default_out_is_no_change() -> None:
     head = with_variants(
-        variants__lenet5={"dataset": "pets", "model": "lenet5", "dropout": 0.0, "train": {"learning_rate": 0.001}}
+        variants__lenet5={
+            "dataset": "pets",
+            "model": "lenet5",
+            "augment": "none",
+            "dropout": 0.0,
+            "train": {"learning_rate": 0.001},
+        }
     )
     per_variant, _ = review.diff_params(RAW, head)
     assert per_variant["lenet5"] == []
@@ -155,10 +161,12 @@ def test_shared_train_change_reaches_every_variant_that_does_not_override_it() -
 
 
 def test_pipeline_wide_params_are_listed_once() -> None:
-    head = with_variants(prepare__pets__image_size=128, augment__policy__flip=False)
+    head = with_variants(prepare__pets__image_size=128, augment__policies__standard__flip=False)
     per_variant, pipeline_wide = review.diff_params(RAW, head)
-    assert pipeline_wide == [Change("prepare.pets.image_size", 96, 128), Change("augment.policy.flip", True, False)]
-    assert not any(per_variant.values())
+    flip = Change("augment.policies.standard.flip", True, False)
+    assert pipeline_wide == [Change("prepare.pets.image_size", 96, 128), flip]
+    # a policy reaches the variants that train with it, like the shared train section
+    assert {name: changes for name, changes in per_variant.items() if changes} == {"cnn_augmented": [flip]}
 
 
 def test_new_and_removed_variants() -> None:
@@ -379,8 +387,12 @@ elif stage == "train":
     write(out / "config.json", cfg)
     stats = json.loads(Path(f"data/stats/{cfg['dataset']}.json").read_text())
     write(out / "class_weight.json", stats["class_weights"]["balanced"] if cfg["dataset"] == "pets" else {})
-    run_id = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:32]
-    write(out / "mlflow_run.json", {"run_id": run_id, "tracking_uri": "sqlite:///mlflow.db"})
+    (out / "model.keras").write_bytes(json.dumps(cfg, sort_keys=True).encode())  # the same config, the same bytes
+    from pipeline import tracking  # a real run in the project's store, tagged as the train stage tags it
+    run_id = tracking.start(item, cfg["dataset"], {"dvc.stage": f"train@{item}"}, {})
+    tracking.tag_model(run_id, out / "model.keras")
+    tracking.finish(run_id)
+    write(f"logs/train/{item}.json", {"run_id": run_id})
 elif stage == "evaluate":
     for folder in sorted(p for p in Path("models").iterdir() if p.is_dir()):
         cfg = json.loads((folder / "config.json").read_text())
@@ -483,6 +495,7 @@ def two_commits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     raw["variants"] = {k: raw["variants"][k] for k in VARIANTS}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (root / "fake.py").write_text(FAKE_PIPELINE)
+    (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/logs/\n")  # what a real clone ignores too
     (root / "dvc.yaml").write_text(textwrap.dedent(FAKE_DVC_YAML))
     sh(root, "git", "init", "-q", "-b", "main")
     sh(root, "dvc", "init", "-q")
@@ -532,7 +545,7 @@ def test_end_to_end_report_shows_exactly_the_change(two_commits: tuple[Path, str
     assert "| epochs |  | 4 | 4 | 0 | same |" in section
     run_ids = {}
     for variant in VARIANTS:
-        run_ids[variant] = json.loads((root / "models" / variant / "mlflow_run.json").read_text())["run_id"]
+        run_ids[variant] = json.loads((root / "logs/train" / f"{variant}.json").read_text())["run_id"]
     assert f"base `{run_ids['lenet5']}`" not in section and f"→ head `{run_ids['lenet5']}`" in section  # retrained: a new run
     assert f"| `alexnet` | `{run_ids['alexnet']}` | `{run_ids['alexnet']}` |" in md
     assert "**Pipeline-wide params**: none changed." in md

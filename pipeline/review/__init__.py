@@ -25,7 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import config, files
+from pipeline import config, files, tracking
 from pipeline.review.diff import (
     MISSING,
     Change,
@@ -97,7 +97,21 @@ def review(root: Path, base: str, head: str | None = None, images: bool = False,
     if rebuild and base_side.missing:
         base_side = load_side(build_base(root, base_reader.sha, base_reader.label), images)
     head_side = load_side(head_reader, images)
+    for side in (base_side, head_side):
+        _find_runs(root, side)
     return compare(base_side, head_side, _threshold(head_side, head is None))
+
+
+def _find_runs(root: Path, side: Side) -> None:
+    """Each variant's MLflow run: the one that trained its model file (tagged with its md5), in the project's store."""
+    variants = side.params.get("variants") if isinstance(side.params.get("variants"), dict) else {}
+    try:
+        for name, md5 in side.models.items():
+            dataset = (variants.get(name) or {}).get("dataset")
+            if isinstance(dataset, str) and (run := tracking.find_model_run(f"train@{name}", md5, dataset, root)):
+                side.runs[name] = run
+    except Exception as exc:  # noqa: BLE001 - a tracking server down must not cost the review
+        side.notes.append(f"MLflow runs not looked up ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
 
 
 def run(

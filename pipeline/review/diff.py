@@ -71,7 +71,8 @@ class Side:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> data/stats/<dataset>.json
     validation: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> reports/validation/<dataset>.json
     class_weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> models/<variant>/class_weight.json
-    runs: dict[str, str] = field(default_factory=dict)  # variant -> MLflow run id
+    models: dict[str, str] = field(default_factory=dict)  # variant -> md5 of models/<variant>/model.keras
+    runs: dict[str, str] = field(default_factory=dict)  # variant -> MLflow run id (the run that trained that file)
     images: dict[str, dict[str, bytes]] = field(default_factory=dict)  # variant (or "augmentation") -> name -> PNG
     notes: list[str] = field(default_factory=list)  # what could not be read, outputs older than the params
     missing: list[str] = field(default_factory=list)  # what could not be read (absent from the DVC cache, ...)
@@ -223,12 +224,21 @@ def resolve_variants(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     for name, variant in parsed.variants.items():
         settings = dataclasses.asdict(variant)
         settings.pop("name")
+        if (policy := parsed.augment.policies.get(variant.augment)) is not None:  # as the train stage resolves it
+            settings["augment_policy"] = dict(policy.ops, seed=policy.seed)
         out[name] = flatten(settings)
     return out
 
 
 def _params_key(variant: str, key: str, raws: Iterable[Mapping[str, Any]]) -> str:
-    """The params.yaml key a resolved setting comes from: the shared ``train.<k>`` or ``variants.<variant>.<...>``."""
+    """The params.yaml key a resolved setting comes from: the shared ``train.<k>`` or ``variants.<variant>.<...>``.
+
+    ``augment_policy.<k>`` comes from ``augment.policies.<the variant's policy>.<k>``.
+    """
+    if key.startswith("augment_policy."):
+        entries = [(raw.get("variants") or {}).get(variant) for raw in raws]
+        names = [e["augment"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("augment"), str)]
+        return f"augment.policies.{names[-1] if names else '?'}.{key.split('.', 1)[1]}"
     if key.startswith("train."):
         first = key.split(".")[1]
         for raw in raws:

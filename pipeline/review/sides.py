@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import config, paths
+from pipeline import config, paths, tracking
 from pipeline.errors import PipelineError
 from pipeline.review.diff import MISSING, Side
 from pipeline.review.document import code
@@ -46,6 +46,10 @@ class Workspace:
     def read(self, path: PurePosixPath | Path) -> bytes | None:
         p = self.root / path
         return p.read_bytes() if p.is_file() else None
+
+    def md5(self, path: PurePosixPath | Path) -> str | None:
+        p = self.root / path
+        return tracking.file_md5(p) if p.is_file() else None
 
     def listdir(self, folder: PurePosixPath | Path) -> list[str]:
         p = self.root / folder
@@ -72,6 +76,13 @@ class Revision:
         self.label = self.sha[:7] if self.sha.startswith(rev) else f"{rev} ({self.sha[:7]})"
         self.fs = DVCFileSystem(repo=str(root), rev=self.sha)
         self.notes: list[str] = []
+
+    def md5(self, path: PurePosixPath | Path) -> str | None:
+        """The md5 dvc.lock records for a tracked file (read from its folder's manifest, not the file)."""
+        try:
+            return (self.fs.info(PurePosixPath(path).as_posix()).get("dvc_info") or {}).get("md5")
+        except Exception:  # noqa: BLE001 - absent from the local cache: read() notes what is missing
+            return None
 
     def read(self, path: PurePosixPath | Path) -> bytes | None:
         key = PurePosixPath(path).as_posix()
@@ -195,8 +206,8 @@ def _read_outputs(reader: Reader, side: Side, images: bool, notes: list[str]) ->
     for v in side.variant_names:
         if (weights := _json(reader, paths.model(v) / "class_weight.json", notes)) is not None:
             side.class_weights[v] = weights
-        if (run := _json(reader, paths.model(v) / "mlflow_run.json", notes)) is not None and run.get("run_id"):
-            side.runs[v] = str(run["run_id"])
+        if md5 := reader.md5(paths.model(v) / "model.keras"):
+            side.models[v] = md5
         if images:
             side.images[v] = _pngs(reader, paths.plot_images(v))
     if images:
