@@ -54,5 +54,6 @@ review: setup  ## review report against a git revision: make review BASE=main [F
 PORT ?= 5000
 .PHONY: ui
 ui: setup  ## MLflow UI on the local tracking store: make ui [PORT=5000]
-	MLFLOW_TRACKING_URI=sqlite:///mlflow.db python -m pipeline.tracking http://127.0.0.1:$(PORT)
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port $(PORT)
+	python -m pipeline.tracking http://127.0.0.1:$(PORT)
+	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking --uri)" --default-artifact-root "$$(python -m pipeline.tracking --artifacts)" \
+		--host 127.0.0.1 --port $(PORT)

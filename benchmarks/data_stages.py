@@ -100,7 +100,7 @@ def commit_placeholders(root: Path) -> None:
 def decode_rate(raw: Path, workers: int) -> float:
     from pipeline.config import load
     from pipeline.data.images import ImageLimits
-    from pipeline.stages.validate import _relative_files, scan
+    from pipeline.data.manifest import _relative_files, scan
 
     checks = load(raw.parents[2] / "params.yaml").validate
     limits = ImageLimits(checks.pets.min_side, checks.pets.max_side, checks.max_pixels)

@@ -355,8 +355,14 @@ def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str])
     return run_id
 
 
-if __name__ == "__main__":  # `python -m pipeline.tracking [BASE_URL]`: each experiment's runs-table URL (`make ui` prints them)
+if __name__ == "__main__":  # `make ui`: `python -m pipeline.tracking [BASE_URL | --uri | --artifacts]`
     import sys
 
-    for experiment, url in ui_urls(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000").items():
-        print(f"{experiment}: {url}")
+    arg = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000"
+    if arg == "--uri":  # the store the pipeline logs into, from any worktree or DVC copy of the project
+        print(tracking_uri())
+    elif arg == "--artifacts":
+        print(project_root() / ARTIFACTS)
+    else:  # each experiment's runs-table URL
+        for experiment, url in ui_urls(arg).items():
+            print(f"{experiment}: {url}")

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import config
 from pipeline.config import HOUSE_ROOMS, SPLITS, Split
-from pipeline.data import splits
+from pipeline.data import shards, splits
 from pipeline.data.images import load, montage
 from pipeline.errors import PipelineError
 from pipeline.stages import prepare
@@ -178,7 +178,7 @@ def test_write_shards_round_trip(tmp_path: Path) -> None:
     splits = ["train", "val", "train", "test", "train", "val", "train"]
     index = pd.DataFrame({"id": range(len(splits)), "split": splits}, index=range(100, 100 + len(splits)))
     arrays = [np.full((2, 3, 3), 10 * i, np.uint8) for i in range(len(splits))]
-    out = prepare.write_shards(tmp_path, index, arrays, shard_size=3)
+    out = shards.write_shards(tmp_path, index, arrays, shard_size=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test-000.npy", "train-000.npy", "train-001.npy", "val-000.npy"]
     assert out.id.tolist() == list(range(len(splits)))
     assert out.shard.str.removesuffix(".npy").tolist() == [

@@ -20,12 +20,12 @@ import yaml
 from pipeline import config, tracking
 from pipeline.config import ConfigError, TransferConfig
 from pipeline.errors import PipelineError
-from pipeline.stages import pretrain
 from tests.pipeline_project import trained_project
 
 keras = pytest.importorskip("keras")
 
-from pipeline.data import splits  # noqa: E402
+from pipeline.data import images, splits  # noqa: E402
+from pipeline.data import manifest as manifests  # noqa: E402
 from pipeline.models import backbones, registry, transfer  # noqa: E402
 from pipeline.models.registry import ModelSpec  # noqa: E402
 from pipeline.training import loop  # noqa: E402
@@ -110,9 +110,9 @@ def test_backbone_normalizes_with_the_train_photos_statistics(project: Path) -> 
     """The Normalization holds the mean/variance of the pretraining train photos, as constants."""
     backbone = keras.models.load_model(project / "models/pretrain/backbone.keras", safe_mode=True)
     cfg = backbone.get_layer("normalize").get_config()
-    photos = pretrain.room_photos(pd.read_parquet(project / "data/validated/houses/manifest.parquet"))
+    photos = manifests.room_photos(pd.read_parquet(project / "data/validated/houses/manifest.parquet"))
     is_val = splits.split_by_house(photos, PRETRAIN["val_fraction"], PRETRAIN["seed"])
-    pixels = pretrain.decode(project / "data/raw/houses", photos.path[~is_val].tolist(), tuple(backbone.inputs[0].shape)[1])
+    pixels = images.load_many(project / "data/raw/houses", photos.path[~is_val].tolist(), tuple(backbone.inputs[0].shape)[1])
     mean, variance = loop.channel_stats(pixels)
     np.testing.assert_allclose(np.ravel(cfg["mean"]), mean, rtol=1e-5)
     np.testing.assert_allclose(np.ravel(cfg["variance"]), variance, rtol=1e-5)

@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipeline import config
 from pipeline.config import HOUSE_ROOMS, DemoConfig
-from pipeline.data import demo
+from pipeline.data import demo, validation
+from pipeline.data import manifest as manifests
 from pipeline.data.images import ImageLimits
 from pipeline.errors import PipelineError
 from pipeline.stages import validate
@@ -47,7 +48,7 @@ def pets_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pets_manifest(pets_root: Path) -> pd.DataFrame:
-    return validate.pets_manifest(pets_root, LIMITS, workers=1)
+    return manifests.pets_manifest(pets_root, LIMITS, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -104,22 +105,22 @@ def test_pets_manifest_warnings(pets_manifest: pd.DataFrame) -> None:
 def test_pets_manifest_without_petimages(tmp_path: Path) -> None:
     (tmp_path / "Cat").mkdir()
     with pytest.raises(PipelineError, match="no PetImages/ folder"):
-        validate.pets_manifest(tmp_path, LIMITS, workers=1)
+        manifests.pets_manifest(tmp_path, LIMITS, workers=1)
 
 
 def test_duplicates_in_the_pets_tree(pets_manifest: pd.DataFrame) -> None:
-    assert validate.duplicates(pets_manifest) == [["PetImages/Cat/3.jpg", "PetImages/Cat/copy-of-3.jpg"]]
+    assert manifests.duplicates(pets_manifest) == [["PetImages/Cat/3.jpg", "PetImages/Cat/copy-of-3.jpg"]]
 
 
 def test_find_houses_folder(houses_root: Path, tmp_path: Path) -> None:
-    assert validate.find_houses_folder(houses_root) == houses_root / demo.HOUSES_ROOT
+    assert manifests.find_houses_folder(houses_root) == houses_root / demo.HOUSES_ROOT
     with pytest.raises(PipelineError, match="expected exactly one HousesInfo.txt, found 0"):
-        validate.find_houses_folder(tmp_path)
+        manifests.find_houses_folder(tmp_path)
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "HousesInfo.txt").write_text("1 1 800 92276 100000\n")
     with pytest.raises(PipelineError, match="found 2"):
-        validate.find_houses_folder(tmp_path)
+        manifests.find_houses_folder(tmp_path)
 
 
 def test_houses_manifest(houses_root: Path, tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_houses_manifest(houses_root: Path, tmp_path: Path) -> None:
     (folder / "notes.jpg").write_bytes(jpeg())
     (folder / "3_garage.jpg").write_bytes(jpeg())
     (folder / "5_kitchen.jpg").write_bytes(b"")
-    manifest = validate.houses_manifest(root, folder, LIMITS, workers=1)
+    manifest = manifests.houses_manifest(root, folder, LIMITS, workers=1)
     assert len(manifest) == 4 * SMALL.houses + 2  # HousesInfo.txt is not a photo
     assert manifest.columns.tolist() == ["path", "label", "house_id", *MANIFEST_COLUMNS[1:]]
     assert str(manifest.house_id.dtype) == "Int64"
@@ -147,8 +148,8 @@ def test_houses_manifest(houses_root: Path, tmp_path: Path) -> None:
 
 def test_houses_table_parses_the_demo_file(houses_root: Path) -> None:
     folder = houses_root / demo.HOUSES_ROOT
-    manifest = validate.houses_manifest(houses_root, folder, LIMITS, workers=1)
-    table = validate.houses_table(folder / "HousesInfo.txt", manifest)
+    manifest = manifests.houses_manifest(houses_root, folder, LIMITS, workers=1)
+    table = manifests.houses_table(folder / "HousesInfo.txt", manifest)
     lines = (folder / "HousesInfo.txt").read_text().split("\n")
     assert table.columns.tolist() == ["house_id", "bedrooms", "bathrooms", "area", "zipcode", "price", "photos"]
     assert table.house_id.tolist() == list(range(1, SMALL.houses + 1))
@@ -193,7 +194,7 @@ def test_houses_table_counts_accepted_photos_and_keeps_line_numbers(tmp_path: Pa
         [(1, r, "accepted") for r in HOUSE_ROOMS]
         + [(3, "bedroom", "accepted"), (3, "kitchen", "rejected"), (3, "frontal", "accepted")]
     )
-    table = validate.houses_table(info, manifest)
+    table = manifests.houses_table(info, manifest)
     assert table.house_id.tolist() == [1, 3]  # line N is house N, blank lines included
     assert table.photos.tolist() == [4, 2]
     assert table.loc[1, "bathrooms"] == 2.5 and table.loc[1, "zipcode"] == "85255"
@@ -217,7 +218,7 @@ def test_houses_table_malformed_line(tmp_path: Path, text: str, where: str, frag
     info = tmp_path / "HousesInfo.txt"
     info.write_text(text)
     with pytest.raises(PipelineError) as exc:
-        validate.houses_table(info, hand_manifest([]))
+        manifests.houses_table(info, hand_manifest([]))
     message = str(exc.value)
     assert message.startswith(f"{info}{where}")
     assert fragment in message
@@ -230,8 +231,8 @@ def test_missing_photos() -> None:
         + [(2, "kitchen", "rejected")]
     )
     table = pd.DataFrame({"house_id": [1, 2, 3], "photos": [4, 3, 0]})
-    assert validate.missing_photos(table, manifest) == {2: ["kitchen"], 3: list(HOUSE_ROOMS)}
-    assert validate.missing_photos(table[table.house_id == 1], manifest) == {}
+    assert manifests.missing_photos(table, manifest) == {2: ["kitchen"], 3: list(HOUSE_ROOMS)}
+    assert manifests.missing_photos(table[table.house_id == 1], manifest) == {}
 
 
 def test_duplicates_only_among_accepted() -> None:
@@ -242,13 +243,13 @@ def test_duplicates_only_among_accepted() -> None:
             "sha256": ["x", "x", "y", "y", "z", "x"],
         }
     )
-    assert validate.duplicates(manifest) == [["a.jpg", "b.jpg", "f.jpg"]]
-    assert validate.duplicates(manifest[manifest.path != "b.jpg"].iloc[2:5]) == []
+    assert manifests.duplicates(manifest) == [["a.jpg", "b.jpg", "f.jpg"]]
+    assert manifests.duplicates(manifest[manifest.path != "b.jpg"].iloc[2:5]) == []
 
 
 def test_build_report(pets_manifest: pd.DataFrame) -> None:
     suites = [{"suite": "s1", "success": True, "results": []}, {"suite": "s2", "success": True, "results": []}]
-    report = validate.build_report("pets", pets_manifest, suites, {"extra": 1})
+    report = validation.build_report("pets", pets_manifest, suites, {"extra": 1})
     accepted = pets_manifest[pets_manifest.status == "accepted"]
     assert report["dataset"] == "pets" and report["success"] is True
     assert report["files"] == len(pets_manifest)
@@ -263,7 +264,7 @@ def test_build_report(pets_manifest: pd.DataFrame) -> None:
     assert report["duplicates"] == [["PetImages/Cat/3.jpg", "PetImages/Cat/copy-of-3.jpg"]]
     assert report["extra"] == 1 and report["suites"] == suites
     json.dumps(report)  # JSON-able
-    failed = validate.build_report("pets", pets_manifest, [*suites, {"suite": "s3", "success": False, "results": []}], {})
+    failed = validation.build_report("pets", pets_manifest, [*suites, {"suite": "s3", "success": False, "results": []}], {})
     assert failed["success"] is False
 
 
@@ -280,7 +281,7 @@ def test_render_html_escapes() -> None:
         "warnings": [],
         "suites": [],
     }
-    page = validate.render_html(report)
+    page = validation.render_html(report)
     assert "Validation of pets: FAILED" in page
     assert "PetImages/Cat/&lt;b&gt;.jpg" in page and "<b>.jpg" not in page
 

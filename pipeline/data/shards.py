@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.config import SPLITS
 from pipeline.errors import PipelineError
 
 
@@ -29,3 +30,18 @@ def load_split(prepared: Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:
     shards = {name: np.load(prepared / name, mmap_mode="r") for name in rows.shard.unique()}
     images = np.stack([shards[s][o] for s, o in zip(rows.shard, rows.offset)])
     return rows, images
+
+
+def write_shards(out: Path, index: pd.DataFrame, arrays: list[np.ndarray], shard_size: int) -> pd.DataFrame:
+    """Save ``arrays`` (aligned with ``index``) as ``<split>-NNN.npy``; return ``index`` with shard and offset."""
+    index = index.reset_index(drop=True).copy()
+    index["shard"], index["offset"] = "", 0
+    for name in SPLITS:
+        rows = np.flatnonzero(index.split.to_numpy() == name)
+        for k, start in enumerate(range(0, len(rows), shard_size)):
+            chunk = rows[start : start + shard_size]
+            shard = f"{name}-{k:03d}.npy"
+            np.save(out / shard, np.stack([arrays[i] for i in chunk]))
+            index.loc[chunk, "shard"] = shard
+            index.loc[chunk, "offset"] = np.arange(len(chunk))
+    return index

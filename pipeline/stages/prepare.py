@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pipeline import cli, config, files, paths
 from pipeline.config import HOUSE_ROOMS, SPLITS, HousesPrepare, PetsPrepare
 from pipeline.data.images import load, montage
+from pipeline.data.shards import write_shards
 from pipeline.data.splits import filter_zipcodes, split_classes, split_houses
 from pipeline.errors import PipelineError
 
@@ -50,21 +51,6 @@ def _decode_all(fn: Any, jobs: list, workers: int) -> list[np.ndarray]:
         return [fn(j) for j in tqdm(jobs, **bar)]
     with ProcessPoolExecutor(workers) as pool:
         return list(tqdm(pool.map(fn, jobs, chunksize=32), **bar))
-
-
-def write_shards(out: Path, index: pd.DataFrame, arrays: list[np.ndarray], shard_size: int) -> pd.DataFrame:
-    """Save ``arrays`` (aligned with ``index``) as ``<split>-NNN.npy``; return ``index`` with shard and offset."""
-    index = index.reset_index(drop=True).copy()
-    index["shard"], index["offset"] = "", 0
-    for name in SPLITS:
-        rows = np.flatnonzero(index.split.to_numpy() == name)
-        for k, start in enumerate(range(0, len(rows), shard_size)):
-            chunk = rows[start : start + shard_size]
-            shard = f"{name}-{k:03d}.npy"
-            np.save(out / shard, np.stack([arrays[i] for i in chunk]))
-            index.loc[chunk, "shard"] = shard
-            index.loc[chunk, "offset"] = np.arange(len(chunk))
-    return index
 
 
 def _order(index: pd.DataFrame, seed: int, key: str) -> pd.DataFrame:

@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,6 +39,7 @@ import pandas as pd
 from pipeline import config, files, paths, tracking
 from pipeline.config import HOUSE_ROOMS
 from pipeline.data import images
+from pipeline.data.manifest import room_photos
 from pipeline.data.splits import split_by_house
 from pipeline.errors import PipelineError
 from pipeline.models.backbones import BACKBONE_FILE
@@ -54,23 +52,6 @@ SUMMARY_FILE = "summary.json"
 
 
 # --- the source data -----------------------------------------------------------------------------
-
-
-def room_photos(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The accepted house photos: path, house_id, room label, sha256 (in manifest order)."""
-    ok = manifest[(manifest.status == "accepted") & manifest.label.isin(HOUSE_ROOMS)]
-    if ok.empty:
-        raise PipelineError("data/validated/houses/manifest.parquet: no accepted house photos to pretrain on")
-    missing = sorted(set(HOUSE_ROOMS) - set(ok.label))
-    if missing:
-        raise PipelineError(f"data/validated/houses/manifest.parquet: no accepted {', '.join(missing)} photos")
-    return ok[["path", "house_id", "label", "sha256"]].reset_index(drop=True)
-
-
-def decode(root: Path, rels: list[str], size: int) -> np.ndarray:
-    """``images.load`` of every photo, ``[n, size, size, 3]`` uint8, on all cores (Pillow decodes without the GIL)."""
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return np.stack(list(pool.map(lambda rel: images.load(root / rel, size), rels)))
 
 
 # --- pretraining ---------------------------------------------------------------------------------
@@ -89,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     photos = room_photos(pd.read_parquet(manifest_path))
     is_val = split_by_house(photos, cfg.val_fraction, cfg.seed)
     start = time.perf_counter()
-    pixels = decode(paths.raw("houses"), photos.path.tolist(), size)
+    pixels = images.load_many(paths.raw("houses"), photos.path.tolist(), size)
     decode_seconds = time.perf_counter() - start
     labels = photos.label.map(HOUSE_ROOMS.index).to_numpy(np.int64)
     data = {"train": (pixels[~is_val], labels[~is_val]), "val": (pixels[is_val], labels[is_val])}
