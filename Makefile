@@ -29,12 +29,12 @@ test: setup  ## lint, then the test suite (tests needing ../shared/datasets skip
 
 # `make bench [QUICK=1]`: every script in benchmarks/ (each prints its figures), gathered into reports/benchmarks.json
 bench: setup  ## benchmarks into reports/benchmarks.json (needs ../shared/datasets); QUICK=1 skips the ~7-min demo repro
-	python benchmarks/run_all.py $(if $(QUICK),--skip-demo)
+	python -m benchmarks.run_all $(if $(QUICK),--skip-demo)
 
 # `make results [VARIANTS=a,b]`: every variant (or a subset) on the real datasets at the seed's protocols
 # (results.yaml) in results/workspace; writes reports/results.json and the results table of docs/results.md.
 results: setup  ## real-data results at the seed's protocols (needs ../shared/datasets): make results [VARIANTS=a,b]
-	python scripts/results.py $(if $(VARIANTS),--variants $(VARIANTS))
+	python -m scripts.results $(if $(VARIANTS),--variants $(VARIANTS))
 
 clean:  ## remove generated outputs (keeps the venv, the download cache and MLflow's store)
 	rm -rf data/raw data/validated data/prepared data/stats models reports

@@ -10,13 +10,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.data_stages import machine
+
 REPO = Path(__file__).resolve().parents[1]
 PETS_ZIP = REPO.parent / "shared" / "datasets" / "kagglecatsanddogs-180px.zip"
 OUT = REPO / "reports" / "benchmarks"
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from data_stages import machine  # noqa: E402
 
 __all__ = ["OUT", "PETS_ZIP", "REPO", "extract_pets", "machine", "quiet_env", "write_figures"]
 

@@ -14,7 +14,7 @@ side in this one run:
 * a no-op ``dvc repro`` of the whole pipeline (median of 5).
 
 Prints the figures and writes them to ``reports/benchmarks/data_stages.json``.
-Usage: ``python benchmarks/data_stages.py`` (``make bench``).
+Usage: ``python -m benchmarks.data_stages`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
-sys.path.insert(0, str(REPO))
 
 
 def machine() -> dict[str, object]:

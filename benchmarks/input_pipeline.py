@@ -14,7 +14,7 @@ on the machine hits both alike), after a warm-up epoch:
   seed's policy, under op determinism as the train stage runs it.
 
 Both without augmentation too (context). Writes ``reports/benchmarks/input_pipeline.json``.
-Usage: ``python benchmarks/input_pipeline.py [--epochs N]``.
+Usage: ``python -m benchmarks.input_pipeline [--epochs N]``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from common import extract_pets, quiet_env, write_figures
+
+from benchmarks.common import extract_pets, quiet_env, write_figures
 
 SIZE, BATCH, PER_CLASS = 150, 32, 1000
 SEED_AUGMENT = dict(

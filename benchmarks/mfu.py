@@ -22,7 +22,7 @@ gradient); pooling, ReLU, normalization, loss and optimizer are not counted.
 MFU = training FLOPs x images/s / the best matmul peak of the whole run;
 the headline ``mfu`` is the train stage's configuration, ``mfu_best`` the best one.
 Writes ``reports/benchmarks/mfu.json``.
-Usage: ``python benchmarks/mfu.py [--steps N] [--rounds N]``; ``--worker JSON`` is internal.
+Usage: ``python -m benchmarks.mfu [--steps N] [--rounds N]``; ``--worker JSON`` is internal.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import sys
 import time
 from typing import Any
 
-from common import REPO, quiet_env, write_figures
-
+from benchmarks.common import REPO, quiet_env, write_figures
 from pipeline.training import loop
 
 SIZE = 150
@@ -254,8 +253,8 @@ def result(cfg: dict[str, Any], model: Any, rate: float, peak: float, group: dic
 
 def run_group(group: dict[str, Any], steps: int, rounds: int) -> list[dict[str, Any]]:
     """``worker`` in a fresh process (its threads and environment); its last stdout line is the JSON."""
-    cmd = [sys.executable, __file__, "--worker", json.dumps(group), "--steps", str(steps), "--rounds", str(rounds)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **group.get("env", {})})
+    cmd = [sys.executable, "-m", "benchmarks.mfu", "--worker", json.dumps(group), "--steps", str(steps), "--rounds", str(rounds)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **group.get("env", {})})
     if done.returncode:
         sys.exit(f"group {group['name']!r} failed:\n{done.stderr[-3000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])

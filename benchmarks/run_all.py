@@ -6,7 +6,7 @@ Each script runs in its own process, prints its figures and writes
 the targets of issue 5. ``--skip-demo`` (``make bench QUICK=1``) leaves out
 the ~7-minute demo ``dvc repro`` from clean; a skipped script's figures come
 from its last JSON, if any, marked ``reused``. Exits 1 if a script failed.
-Usage: ``python benchmarks/run_all.py [--skip-demo] [--only NAME ...]``.
+Usage: ``python -m benchmarks.run_all [--skip-demo] [--only NAME ...]``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from common import OUT, REPO, machine, quiet_env
+from benchmarks.common import OUT, REPO, machine, quiet_env
 
 # script -> {figure in reports/benchmarks.json: key in the script's JSON}
 SCRIPTS: dict[str, dict[str, str]] = {
@@ -41,7 +41,7 @@ def run_script(name: str) -> tuple[bool, float]:
     """Run ``benchmarks/<name>.py`` (its output goes straight to ours); return (succeeded, seconds)."""
     print(f"\n=== {name} ===", flush=True)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{name}.py")], cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], cwd=REPO)
     return done.returncode == 0, time.perf_counter() - start
 
 

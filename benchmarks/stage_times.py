@@ -5,7 +5,7 @@ then runs ``dvc repro --single-item <stage>`` for each stage in pipeline order
 and times it (Python start-up, TensorFlow import and DVC bookkeeping
 included), followed by a no-op ``dvc repro``. Prints a table and writes
 ``reports/benchmarks/stage_times.json``.
-Usage: ``python benchmarks/stage_times.py`` (``make bench``).
+Usage: ``python -m benchmarks.stage_times`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks.data_stages import machine
 
-from data_stages import machine  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cmd: list[str], cwd: Path) -> float:

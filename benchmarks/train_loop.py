@@ -15,7 +15,7 @@ alike), each from a freshly built model:
 images/s = training images x epochs / seconds in ``model.fit`` (validation and
 the first epoch's tracing included in both). Also times one MLflow per-epoch
 ``log_metrics`` call. Writes ``reports/benchmarks/train_loop.json``.
-Usage: ``python benchmarks/train_loop.py [--image-size N] [--epochs N] [--repeats N]``.
+Usage: ``python -m benchmarks.train_loop [--image-size N] [--epochs N] [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from common import REPO, quiet_env, write_figures
 
+from benchmarks.common import REPO, quiet_env, write_figures
 from pipeline.training import inputs, loop
 
 TRAIN, VAL, VARIANT = 512, 128, "cnn_functional"

@@ -13,7 +13,7 @@ before with the same inputs is restored instead of rerun.
 
 Writes ``reports/results.json`` (entries of variants not run this time are
 kept), ``reports/results.md`` and the table between the ``results`` markers
-of ``docs/results.md``. Usage: ``python scripts/results.py [--variants a,b]``.
+of ``docs/results.md``. Usage: ``python -m scripts.results [--variants a,b]``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
+from benchmarks import data_stages  # the loopback server and the machine description the benchmarks use
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import data_stages  # noqa: E402 - the loopback server and the machine description the benchmarks use
+
 
 WORKSPACE = REPO / "results" / "workspace"
 RESULTS_JSON = REPO / "reports" / "results.json"
@@ -277,7 +278,7 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(
-        prog="python scripts/results.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.results", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--variants", default=os.environ.get("VARIANTS") or None, help="comma-separated subset (default: every variant)"

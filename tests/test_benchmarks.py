@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import run_all
 
-import run_all  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_flops_of_the_seed_cnn_at_150_px_match_a_hand_count() -> None:
     pytest.importorskip("tensorflow")
-    import mfu
-
+    from benchmarks import mfu
     from pipeline.models import registry
 
     macs = dict(mfu.layer_macs(registry.build("cnn_functional", registry.ModelSpec(image_size=150))))
@@ -39,8 +36,9 @@ def test_flops_of_the_seed_cnn_at_150_px_match_a_hand_count() -> None:
 def test_fused_adam_follows_keras_adam() -> None:
     pytest.importorskip("tensorflow")
     import keras
-    import mfu
     import numpy as np
+
+    from benchmarks import mfu
 
     rng = np.random.default_rng(0)
     init = [rng.normal(size=shape).astype("float32") for shape in [(64, 8), (8,)]]

@@ -37,14 +37,12 @@ from sklearn.model_selection import KFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]
-
-from results import load_plan  # noqa: E402  (scripts/results.py: the make results protocol)
 
 from pipeline import config  # noqa: E402
 from pipeline.config import HOUSE_ROOMS  # noqa: E402
 from pipeline.data import images  # noqa: E402
 from pipeline.stages.prepare import filter_zipcodes  # noqa: E402
+from scripts.results import load_plan  # noqa: E402  (the make results protocol)
 
 
 def photo_paths(workspace: Path, houses: pd.DataFrame) -> list[list[Path]]:

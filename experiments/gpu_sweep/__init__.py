@@ -1,0 +1,1 @@
+"""The GPU recipe sweep the resnet recipe came from (see README.md)."""
