@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -61,10 +62,11 @@ def swap_into_place(tmp: Path, target: Path) -> None:
 def save_keras(model: Any, path: Path) -> None:
     """``model.save(path)``, rewritten so that the same weights always give the same bytes.
 
-    A ``.keras`` file is a zip whose ``metadata.json`` holds the save date
-    and whose weights entry carries the save time; without both, two runs of
-    a deterministic training stage give equal output hashes (DVC) and equal
-    ``model.md5`` tags (MLflow).
+    A ``.keras`` file is a zip whose ``metadata.json`` holds the save date,
+    whose entries carry the save time, and whose ``config.json`` numbers the
+    objects layers share (a dtype policy) by their memory address; without
+    the three, two runs of a deterministic training stage give equal output
+    hashes (DVC) and equal ``model.md5`` tags (MLflow).
     """
     model.save(path)
     with zipfile.ZipFile(path) as src:
@@ -75,6 +77,16 @@ def save_keras(model: Any, path: Path) -> None:
                 meta = json.loads(data)
                 meta.pop("date_saved", None)
                 data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = _renumber_shared_objects(data.decode()).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
             dst.writestr(fixed, data)
+
+
+def _renumber_shared_objects(config: str) -> str:
+    """Keras' ``"shared_object_id": <id()>`` numbered 0, 1, ... in order of appearance (only equality matters to Keras)."""
+    numbers: dict[str, int] = {}
+    return re.sub(
+        r'"shared_object_id": (\d+)', lambda m: f'"shared_object_id": {numbers.setdefault(m.group(1), len(numbers))}', config
+    )

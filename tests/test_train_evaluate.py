@@ -329,11 +329,26 @@ def test_the_saved_model_has_the_same_bytes_when_the_weights_are_the_same(tmp_pa
     import keras
 
     from pipeline import files
+    from pipeline.models import registry
 
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    files.save_keras(model, tmp_path / "a.keras")
-    files.save_keras(model, tmp_path / "b.keras")  # Keras stamps each save with the time: removed
+    spec = registry.ModelSpec(image_size=32)
+    models = []
+    for _ in range(2):  # two builds, as two runs of the train stage make them
+        keras.utils.set_random_seed(1)
+        models.append(registry.build("lenet5", spec))
+    for model, name in zip(models, ("a.keras", "b.keras")):
+        files.save_keras(model, tmp_path / name)  # Keras stamps the time and numbers shared objects by address: removed
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    x = np.full((1, 32, 32, 3), 128.0, np.float32)
     again = keras.models.load_model(tmp_path / "b.keras", safe_mode=True)
-    np.testing.assert_array_equal(again.predict(np.ones((1, 4)), verbose=0), model.predict(np.ones((1, 4)), verbose=0))
+    np.testing.assert_array_equal(again.predict(x, verbose=0), models[0].predict(x, verbose=0))
+
+
+def test_shared_object_ids_are_numbered_by_appearance_not_by_address() -> None:
+    from pipeline.files import _renumber_shared_objects
+
+    config = (
+        '{"a": {"shared_object_id": 140485606548688}, "b": {"shared_object_id": 93}, "c": {"shared_object_id": 140485606548688}}'
+    )
+    renumbered = '{"a": {"shared_object_id": 0}, "b": {"shared_object_id": 1}, "c": {"shared_object_id": 0}}'
+    assert _renumber_shared_objects(config) == renumbered
