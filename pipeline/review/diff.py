@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -221,8 +220,7 @@ def resolve_variants(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return out
     out = {}
     for name, variant in parsed.variants.items():
-        settings = dataclasses.asdict(variant)
-        settings.pop("name")
+        settings = variant.model_dump(exclude={"name"})
         out[name] = flatten(settings)
     return out
 
