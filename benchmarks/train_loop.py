@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -81,7 +80,7 @@ def variant(epochs: int) -> Any:
     from pipeline import config
 
     v = config.load(REPO / "params.yaml").variants[VARIANT]
-    return dataclasses.replace(v, augment=False, train=dataclasses.replace(v.train, epochs=epochs, early_stopping=0))
+    return v.model_copy(update={"augment": "none", "train": v.train.model_copy(update={"epochs": epochs, "early_stopping": 0})})
 
 
 def stage_rate(v: Any, prepared: Path) -> float:
@@ -91,7 +90,7 @@ def stage_rate(v: Any, prepared: Path) -> float:
 
     run_id = tracking.start(v.name, v.dataset, {"benchmark": "train_loop"}, {"variant": v.name})
     with contextlib.redirect_stdout(io.StringIO()):  # fit's verbose=2 epoch lines
-        _, _, seconds, seen = loop.fit(v, shards.meta(prepared), stats(), prepared, {}, run_id)
+        _, _, seconds, seen = loop.fit(v, shards.meta(prepared), stats(), prepared, None, run_id)
     tracking.finish(run_id)
     return seen / seconds
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import yaml
 
 from pipeline import config
 from pipeline.config import ConfigError, Split
+from pipeline.models import registry
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 RAW = yaml.safe_load(REPO_PARAMS.read_text())
@@ -72,12 +75,12 @@ def test_sha256_is_lowercased() -> None:
 
 def test_per_class_counts_parse_as_counts() -> None:
     params = config.parse(with_change("prepare.pets.split", {"train": 1000, "val": 500, "test": 500}))
-    assert params.prepare.pets.split == Split(1000.0, 500.0, 500.0, per_class=True)
+    assert params.prepare.pets.split == Split(train=1000.0, val=500.0, test=500.0, per_class=True)
 
 
 def test_zero_val_fraction_is_allowed() -> None:
     params = config.parse(with_change("prepare.houses.split", {"train": 0.75, "val": 0, "test": 0.25}))
-    assert params.prepare.houses.split == Split(0.75, 0.0, 0.25, per_class=False)
+    assert params.prepare.houses.split == Split(train=0.75, val=0.0, test=0.25, per_class=False)
 
 
 # --------------------------------------------------------------------------- bad values
@@ -209,3 +212,91 @@ def test_variant_overrides_and_class_weights() -> None:
 )
 def test_training_keys_name_the_culprit(key: str, value: Any, fragment: str) -> None:
     assert fragment in error_of(with_change(key, value))
+
+
+# --------------------------------------------------------------------------- numbers written by `dvc exp run -S`
+
+
+def test_a_numeric_string_is_a_number() -> None:
+    # `dvc exp run -S '++variants.lenet5.train.learning_rate=1e-5'` writes 1e-05, which YAML 1.1 reads as a string
+    raw = yaml.safe_load("variants:\n  lenet5:\n    train: {learning_rate: 1e-05}\n")
+    assert raw["variants"]["lenet5"]["train"]["learning_rate"] == "1e-05"
+    params = config.parse(with_change("variants.lenet5.train", raw["variants"]["lenet5"]["train"]))
+    assert params.variants["lenet5"].train.learning_rate == 1e-05
+    assert params.variants["lenet5"].model_dump()["train"]["learning_rate"] == 1e-05  # MLflow and config.json get the number
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.learning_rate", "2%", "train.learning_rate: expected a number, got '2%'"),
+        ("train.learning_rate", "nan", "train.learning_rate: expected a number, got 'nan'"),
+        ("train.learning_rate", "1e-09", "train.learning_rate: 1e-09 is outside [1e-08, 10]"),
+        ("train.epochs", "4", "train.epochs: expected an integer, got '4'"),
+        ("train.epochs", 4.0, "train.epochs: expected an integer, got 4.0"),
+        ("variants.resnet.batchnorm", "true", "variants.resnet.batchnorm: expected true or false, got 'true'"),
+        ("variants.resnet.batchnorm", 1, "variants.resnet.batchnorm: expected true or false, got 1"),
+        ("train.optimizer", 1, "train.optimizer: 1 is not one of adam, adamw, sgd, rmsprop"),
+    ],
+)
+def test_integers_booleans_and_choices_stay_strict(key: str, value: Any, message: str) -> None:
+    assert error_of(with_change(key, value)) == message
+
+
+# --------------------------------------------------------------------------- models and their extra knobs
+
+
+def test_an_unknown_model_names_the_key_and_the_registered_models() -> None:
+    message = error_of(with_change("variants.lenet5.model", "lenet6"))
+    assert message.startswith("variants.lenet5.model: 'lenet6' is not one of cnn_sequential, cnn_functional,")
+    assert all(name in message for name in registry.KNOBS)
+
+
+@pytest.mark.parametrize(
+    ("variant", "extra", "message"),
+    [
+        ("lenet5", {"filtres": 99}, "variants.lenet5.extra.filtres: unknown key; allowed keys of lenet5's extra: activation"),
+        ("nin", {"stages": 2}, "variants.nin.extra.stages: unknown key; allowed keys of nin's extra: (none)"),
+        ("resnet", {"stem": "tall"}, "variants.resnet.extra.stem: 'tall' is not one of single, deep"),
+        ("resnet", {"filters": [8, 16]}, "variants.resnet.extra: filters [8, 16] and blocks [2, 2, 2, 2] differ in length"),
+        ("inception", {"stages": 4}, "variants.inception.extra.stages: 4 is outside [1, 3]"),
+        ("cnn_sequential", {"padding": "full"}, "variants.cnn_sequential.extra.padding: 'full' is not one of same, valid"),
+        (
+            "mlp_tabular",
+            {"photo_pool": 2},
+            "variants.mlp_tabular.extra.photo_pool: unknown key; allowed keys of mlp_tabular's extra:"
+            " hidden, log_tabular, target",
+        ),
+        ("mlp_tabular", {"target": "sqrt"}, "variants.mlp_tabular.extra.target: 'sqrt' is not one of scaled, log"),
+        ("mlp_tabular", {"hidden": [8, 0]}, "variants.mlp_tabular.extra.hidden[1]: 0 is outside [1, None]"),
+        ("mlp_tabular", {"log_tabular": "yes"}, "variants.mlp_tabular.extra.log_tabular: expected true or false, got 'yes'"),
+        ("cnn_montage", {"photo_head": "max"}, "variants.cnn_montage.extra.photo_head: 'max' is not one of flatten, average"),
+        ("mixed_inputs", {"combined": -1}, "variants.mixed_inputs.extra.combined: -1 is outside [0, None]"),
+    ],
+)
+def test_a_bad_extra_knob_names_the_key_and_the_choices(variant: str, extra: dict, message: str) -> None:
+    assert error_of(with_change(f"variants.{variant}.extra", extra)) == message
+
+
+def test_extra_keeps_what_the_variant_wrote() -> None:
+    # builders and the saved config.json see the user's knobs only; the schema's defaults are filled in by the builder
+    params = config.parse(with_change("variants.resnet.extra", {"stem": "deep"}))
+    assert params.variants["resnet"].extra == {"stem": "deep"}
+    assert registry.knobs("resnet", params.variants["resnet"].extra).min_map == 4
+
+
+def test_augment_policy_ranges_are_the_ops_own() -> None:
+    # the fill modes and ranges are pipeline.training.augment_ops.Policy's: zoom 1 would scale by zero
+    assert error_of(with_change("augment.policies.standard.zoom", 1.0)).startswith(
+        "augment.policies.standard.zoom: 1.0 must be < 1"
+    )
+    crop = config.parse(with_change("augment.policies.standard.crop", 1.0)).augment.policies["standard"].crop
+    assert crop == 0.0  # keeping the whole side is no crop
+
+
+def test_loading_params_imports_neither_tensorflow_nor_keras() -> None:
+    code = (
+        "import sys; from pipeline import config; config.load(); "
+        "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_PARAMS.parent, check=True)

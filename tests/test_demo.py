@@ -77,7 +77,7 @@ def test_houses_layout(root: Path, trees: dict) -> None:
 
 
 def test_houses_photo_size(tmp_path: Path) -> None:
-    demo.write_houses(tmp_path, DemoConfig(seed=0, pets={}, houses=2), photo_size=20)
+    demo.write_houses(tmp_path, DemoConfig.model_construct(seed=0, pets={}, houses=2), photo_size=20)
     with Image.open(tmp_path / demo.HOUSES_ROOT / "2_kitchen.jpg") as im:
         assert im.size == (20, 20)
 
@@ -143,7 +143,7 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 def test_price_follows_area(tmp_path: Path) -> None:
     """On the shipped demo size (160 houses, seed 0) the price rises with the area: Spearman > 0.5."""
-    demo.write_houses(tmp_path, DemoConfig(seed=0, pets={}, houses=160), photo_size=8)
+    demo.write_houses(tmp_path, DemoConfig.model_construct(seed=0, pets={}, houses=160), photo_size=8)
     rows = np.array(info_rows(tmp_path), dtype=float)
     area, price = rows[:, 2], rows[:, 4]
     spearman = np.corrcoef(ranks(area), ranks(price))[0, 1]

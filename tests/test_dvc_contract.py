@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLUMBING = {
     "pipeline/__init__.py": "the package marker",
     "pipeline/config.py": "parses params.yaml; DVC tracks the params values each stage reads",
+    "pipeline/schema.py": "the field types of config's and the knobs' schemas (defaults live in the declared modules)",
     "pipeline/paths.py": "output locations; dvc.yaml names the same paths",
     "pipeline/files.py": "atomic writes",
     "pipeline/errors.py": "the error type",

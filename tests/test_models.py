@@ -193,8 +193,6 @@ def test_resnet_deep_stem_is_three_3x3_convs_the_first_strided() -> None:
     assert "stem_conv" not in [layer.name for layer in deep.layers]
     out = predict(deep, make_batch(entry, spec, n=2))
     assert out.shape == (2, 1) and np.isfinite(out).all()
-    with pytest.raises(ValueError, match="resnet: extra.stem 'tall' is not one of single, deep"):
-        registry.build("resnet", make_spec(entry, image_size=64, extra={"stem": "tall"}))
 
 
 @pytest.mark.parametrize("knobs", [{}, {"batchnorm": True, "dropout": 0.3}], ids=["plain", "bn+dropout"])
@@ -316,22 +314,16 @@ def test_houses_recipe_knobs_start_at_the_mean_price_and_reload(name: str, tmp_p
     np.testing.assert_allclose(predict(loaded, batch), out, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("name", "extra", "message"),
-    [
-        ("mlp_tabular", {"photo_pool": 2}, "extra.photo_pool: unknown key for mlp_tabular"),
-        ("mlp_tabular", {"target": "sqrt"}, "extra.target: 'sqrt' is not one of scaled, log"),
-        ("mlp_tabular", {"hidden": [8, 0]}, "extra.hidden: expected a list of positive integers"),
-        ("mlp_tabular", {"log_tabular": "yes"}, "extra.log_tabular: expected true or false"),
-        ("cnn_montage", {"photo_head": "max"}, "extra.photo_head: 'max' is not one of flatten, average"),
-        ("cnn_montage", {"photo_pool": 8, "photo_filters": [8, 16]}, "image_size must be >= 32, got 16"),
-        ("mixed_inputs", {"combined": -1}, "extra.combined: expected an integer >= 0"),
-    ],
-)
-def test_houses_extra_keys_are_checked(name: str, extra: dict, message: str) -> None:
+# the knobs' own checks (unknown keys, types, choices) run in config: tests/test_config.py
+@pytest.mark.parametrize("name", ["cnn_montage", "mixed_inputs"])
+def test_houses_photo_knobs_are_checked_against_the_image_size(name: str) -> None:
     entry = registry.get(name)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        registry.build(name, make_spec(entry, image_size=16, extra=extra))
+    with pytest.raises(ValueError, match=r"pools 2 times \(photo_pool 8\): image_size must be >= 32, got 16"):
+        registry.build(name, make_spec(entry, image_size=16, extra={"photo_pool": 8, "photo_filters": [8, 16]}))
+
+
+def test_every_builder_declares_its_knobs_and_every_schema_has_a_builder() -> None:
+    assert sorted(registry.names()) == sorted(registry.KNOBS)
 
 
 def test_unknown_zipcodes_share_the_out_of_vocabulary_column() -> None:

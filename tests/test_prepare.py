@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.stages import prepare
 from tests.pipeline_project import chdir, copy_project, demo_project, edit_params, tree_digest
 
-FRACTIONS = Split(0.7, 0.15, 0.15, per_class=False)
+FRACTIONS = Split(train=0.7, val=0.15, test=0.15, per_class=False)
 
 
 def pets_frame(counts: dict[str, int], dup_groups: int = 0) -> pd.DataFrame:
@@ -76,7 +76,7 @@ def test_split_classes_keeps_identical_bytes_together() -> None:
 
 def test_split_classes_per_class_counts() -> None:
     frame = pets_frame({"A": 60, "B": 40})
-    assignment = splits.split_classes(frame, Split(5.0, 3.0, 2.0, per_class=True), seed=0)
+    assignment = splits.split_classes(frame, Split(train=5.0, val=3.0, test=2.0, per_class=True), seed=0)
     assert per_label_counts(frame, assignment) == {
         "A": {"": 50, "test": 2, "train": 5, "val": 3},
         "B": {"": 30, "test": 2, "train": 5, "val": 3},
@@ -86,7 +86,7 @@ def test_split_classes_per_class_counts() -> None:
 def test_split_classes_too_few_images_names_the_class() -> None:
     frame = pets_frame({"A": 60, "B": 40})
     with pytest.raises(PipelineError, match=r"class 'B' has 40 usable images, fewer than train\+val\+test = 50"):
-        splits.split_classes(frame, Split(30.0, 10.0, 10.0, per_class=True), seed=0)
+        splits.split_classes(frame, Split(train=30.0, val=10.0, test=10.0, per_class=True), seed=0)
 
 
 # --------------------------------------------------------------------------- houses
@@ -134,7 +134,9 @@ def kept() -> pd.DataFrame:
 def test_split_houses_is_the_seeds_train_test_split(kept: pd.DataFrame) -> None:
     assert len(kept) < 120 and not kept.index.equals(pd.RangeIndex(len(kept)))
     seed_train, seed_test = train_test_split(kept, test_size=0.25, random_state=42)
-    got = splits.split_houses(kept, photo_sha(kept), Split(0.75, 0.0, 0.25, False), 42, group_duplicates=True)
+    got = splits.split_houses(
+        kept, photo_sha(kept), Split(train=0.75, val=0.0, test=0.25, per_class=False), 42, group_duplicates=True
+    )
     assert got.index.equals(kept.index)
     assert set(got[got == "test"].index) == set(seed_test.index)
     assert set(got[got == "train"].index) == set(seed_train.index)
@@ -144,15 +146,19 @@ def test_split_houses_is_the_seeds_train_test_split(kept: pd.DataFrame) -> None:
 def test_split_houses_carves_val_from_train(kept: pd.DataFrame) -> None:
     seed_train, seed_test = train_test_split(kept, test_size=0.25, random_state=42)
     _, seed_val = train_test_split(seed_train, test_size=0.15 / 0.75, random_state=42)
-    got = splits.split_houses(kept, photo_sha(kept), Split(0.6, 0.15, 0.25, False), 42, group_duplicates=True)
+    got = splits.split_houses(
+        kept, photo_sha(kept), Split(train=0.6, val=0.15, test=0.25, per_class=False), 42, group_duplicates=True
+    )
     assert set(got[got == "test"].index) == set(seed_test.index)
     assert set(got[got == "val"].index) == set(seed_val.index)
-    other = splits.split_houses(kept, photo_sha(kept), Split(0.6, 0.15, 0.25, False), 43, group_duplicates=True)
+    other = splits.split_houses(
+        kept, photo_sha(kept), Split(train=0.6, val=0.15, test=0.25, per_class=False), 43, group_duplicates=True
+    )
     assert not other.equals(got)
 
 
 def test_split_houses_sharing_a_photo_end_in_one_split(kept: pd.DataFrame) -> None:
-    split = Split(0.6, 0.15, 0.25, False)
+    split = Split(train=0.6, val=0.15, test=0.25, per_class=False)
     plain = splits.split_houses(kept, photo_sha(kept), split, 42, group_duplicates=True)
     house = dict(zip(kept.house_id, plain))
     train_h = next(h for h, s in house.items() if s == "train")

@@ -7,7 +7,6 @@ what landed in the MLflow run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -172,7 +171,12 @@ def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: p
         (
             "tiny_cnn",
             {"model": "resnet", "extra": {"stem": "tall"}},
-            r"variants\.tiny_cnn: resnet: extra\.stem 'tall' is not one of single, deep",
+            r"params\.yaml: variants\.tiny_cnn\.extra\.stem: 'tall' is not one of single, deep",
+        ),
+        (
+            "tiny_mixed",
+            {"extra": {"photo_pool": 64}},
+            r"variants\.tiny_mixed: the montage CNN pools 3 times \(photo_pool 64\): image_size must be >= 512",
         ),
         (
             "tiny_cnn",
@@ -180,7 +184,7 @@ def test_training_is_deterministic(trained: Path, tmp_path: Path, monkeypatch: p
             r"variants\.tiny_cnn\.train\.warmup: 2 epochs of warmup leave none of the 2 fine-tuning epochs",
         ),
     ],
-    ids=["task-mismatch", "mixup-on-multi-input", "builder-knob", "warmup-vs-fine-tuning"],
+    ids=["task-mismatch", "mixup-on-multi-input", "extra-knob-in-config", "extra-knob-vs-image-size", "warmup-vs-fine-tuning"],
 )
 def test_a_bad_variant_fails_before_training_naming_the_culprit(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, change: dict, message: str
@@ -199,7 +203,7 @@ def test_a_bad_variant_fails_before_training_naming_the_culprit(
 
 @pytest.mark.parametrize("schedule, after", [("cosine", [0.05, 0.0]), ("constant", [0.1, 0.1])])
 def test_warmup_ramps_linearly_into_the_schedule(schedule: str, after: list[float]) -> None:
-    cfg = dataclasses.replace(config.load(REPO_PARAMS).train, epochs=4, learning_rate=0.1, schedule=schedule, warmup=2)
+    cfg = config.load(REPO_PARAMS).train.model_copy(update={"epochs": 4, "learning_rate": 0.1, "schedule": schedule, "warmup": 2})
     rate = loop.learning_rate(cfg, steps_per_epoch=10)
     at = {step: float(rate(step)) for step in (0, 10, 20, 30, 40)}
     np.testing.assert_allclose([at[0], at[10], at[20]], [0.0, 0.05, 0.1], atol=1e-7)  # 2 epochs x 10 steps of ramp
@@ -209,12 +213,12 @@ def test_warmup_ramps_linearly_into_the_schedule(schedule: str, after: list[floa
 def test_a_variant_image_size_above_the_prepared_size_names_the_key() -> None:
     variant = config.load(REPO_PARAMS).variants["resnet"]
     stats = {"image": {"mean": [120.0] * 3, "variance": [3600.0] * 3}}
-    spec = loop.model_spec(dataclasses.replace(variant, image_size=64), {"image_size": 96}, stats)
+    spec = loop.model_spec(variant.model_copy(update={"image_size": 64}), {"image_size": 96}, stats)
     assert (spec.image_size, spec.input_size) == (64, 96)
     with pytest.raises(
         PipelineError, match=r"variants\.resnet\.image_size: 128 px; the model resizes the prepared 96 px images down"
     ):
-        loop.model_spec(dataclasses.replace(variant, image_size=128), {"image_size": 96}, stats)
+        loop.model_spec(variant.model_copy(update={"image_size": 128}), {"image_size": 96}, stats)
 
 
 def test_make_dataset_mixes_train_batches_reproducibly() -> None:
@@ -251,7 +255,7 @@ def test_class_weight_choices() -> None:
     base = config.load(REPO_PARAMS).train
 
     def weights(choice: Any, stats: dict = stats) -> dict | None:
-        return loop.class_weight(dataclasses.replace(base, class_weight=choice), stats)
+        return loop.class_weight(base.model_copy(update={"class_weight": choice}), stats)
 
     assert weights("balanced") == {0: 0.6, 1: 2.0}
     assert weights("inverse") == {0: 1.3, 1: 4.0}

@@ -261,7 +261,7 @@ def test_knn_accuracy_is_the_seed_knn_on_backbone_features() -> None:
 
 def test_imagenet_with_a_missing_weights_file_names_the_key(tmp_path: Path) -> None:
     for backbone in ("imagenet", "file"):
-        cfg = TransferConfig(backbone, "MobileNetV2", str(tmp_path / "no-such-weights.h5"))
+        cfg = TransferConfig(backbone=backbone, application="MobileNetV2", weights=str(tmp_path / "no-such-weights.h5"))
         with pytest.raises(PipelineError, match=r"^transfer\.weights: .*no-such-weights\.h5 not found"):
             backbones.load_backbone(cfg, 32)
 
@@ -279,7 +279,7 @@ def test_imagenet_weights_that_cannot_be_had_fail_without_a_random_fallback(monk
     with pytest.raises(
         PipelineError, match=r"^transfer\.backbone: keras\.applications\.MobileNetV2 could not load the ImageNet weights"
     ) as error:
-        backbones.load_backbone(TransferConfig("imagenet", "MobileNetV2", None), 96)
+        backbones.load_backbone(TransferConfig(backbone="imagenet", application="MobileNetV2", weights=None), 96)
     assert calls and "transfer.weights" in str(error.value) and "pretrain" in str(error.value)
 
 
@@ -290,14 +290,14 @@ def test_a_weights_file_of_another_architecture_names_the_key(tmp_path: Path) ->
     with pytest.raises(
         PipelineError, match=r"^transfer\.weights: keras\.applications\.MobileNetV2 could not load the weights file"
     ):
-        backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 32)
+        backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 32)
 
 
 def test_file_backbone_loads_a_local_weights_file_into_the_application(tmp_path: Path) -> None:
     source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     path = tmp_path / "mobilenet_v2.weights.h5"
     source.save_weights(path)
-    backbone = backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 32)
+    backbone = backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 32)
     assert backbone.name == "backbone" and backbone.get_layer("preprocess").get_config()["scale"] == pytest.approx(1 / 127.5)
     for w0, w1 in zip(source.get_weights(), backbone.layers[-1].get_weights(), strict=True):  # the nested application
         np.testing.assert_array_equal(w0, w1)
@@ -313,14 +313,14 @@ def test_file_backbone_loads_a_local_weights_file_into_the_application(tmp_path:
 
 def test_file_backbone_takes_a_saved_keras_backbone(project: Path) -> None:
     path = project / "models/pretrain/backbone.keras"
-    backbone = backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 96)
+    backbone = backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 96)
     assert backbone.name == "backbone" and backbone.get_layer("block4_conv")
     with pytest.raises(PipelineError, match=r"^transfer\.weights: .* is not a backbone for 64 px"):
-        backbones.load_backbone(TransferConfig("file", "MobileNetV2", str(path)), 64)
+        backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 64)
 
 
 def test_pretrain_backbone_missing_or_of_another_size(project: Path, tmp_path: Path) -> None:
-    cfg = TransferConfig("pretrain", "MobileNetV2", None)
+    cfg = TransferConfig(backbone="pretrain", application="MobileNetV2", weights=None)
     with pytest.raises(PipelineError, match=r"backbone\.keras: not found; run the pretrain stage first"):
         backbones.load_backbone(cfg, 96, folder=tmp_path)
     with pytest.raises(
@@ -379,16 +379,34 @@ def test_repository_params_have_the_transfer_variants_and_known_applications() -
     assert all(hasattr(keras.applications, name) for name in config.APPLICATIONS)
 
 
-def test_finetune_plan_defaults_and_errors_name_the_key() -> None:
-    assert transfer.finetune_plan("transfer_finetune", {}, 0.001, "variants.v.extra") == (2, pytest.approx(0.0001), "top")
-    assert transfer.finetune_plan("transfer_features", {}, 0.001, "variants.v.extra") is None
-    assert transfer.finetune_plan("resnet", {"finetune_epochs": 3, "unfreeze": "all"}, 0.01, "x")[::2] == (3, "all")
-    with pytest.raises(PipelineError, match=r"variants\.v\.extra\.unfreeze: 'bottom' is not one of top, all, all_batchnorm"):
-        transfer.finetune_plan("transfer_finetune", {"unfreeze": "bottom"}, 0.001, "variants.v.extra")
-    with pytest.raises(PipelineError, match=r"variants\.v\.extra\.finetune_epochs"):
-        transfer.finetune_plan("transfer_finetune", {"finetune_epochs": "2"}, 0.001, "variants.v.extra")
-    with pytest.raises(PipelineError, match=r"variants\.v\.extra\.knn"):
-        transfer.knn_k("transfer_features", {"knn": -1}, "variants.v.extra")
+def test_finetune_plan_and_knn_read_the_knobs_with_their_defaults() -> None:
+    assert transfer.finetune_plan("transfer_finetune", {}, 0.001) == (2, pytest.approx(0.0001), "top")
+    assert transfer.finetune_plan("transfer_features", {}, 0.001) is None
+    assert transfer.finetune_plan("transfer_features", {"finetune_epochs": 3, "unfreeze": "all"}, 0.01)[::2] == (3, "all")
+    assert transfer.finetune_plan("resnet", {}, 0.01) is None  # no second phase outside transfer learning
+    assert [transfer.knn_k(name, {}) for name in ("transfer_features", "transfer_finetune", "transfer_scratch")] == [5, 5, 0]
+    assert transfer.knn_k("transfer_scratch", {"knn": 3}) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"unfreeze": "bottom"}, "variants.transfer_finetune.extra.unfreeze: 'bottom' is not one of top, all, all_batchnorm"),
+        ({"finetune_epochs": "2"}, "variants.transfer_finetune.extra.finetune_epochs: expected an integer, got '2'"),
+        ({"finetune_learning_rate": 0}, "variants.transfer_finetune.extra.finetune_learning_rate: 0 is outside [1e-08, 10]"),
+        ({"knn": -1}, "variants.transfer_finetune.extra.knn: -1 is outside [0, None]"),
+        (
+            {"knm": 3},
+            "variants.transfer_finetune.extra.knm: unknown key; allowed keys of transfer_finetune's extra: dense_units,",
+        ),
+    ],
+)
+def test_bad_transfer_knobs_fail_in_config_naming_the_key(extra: dict, message: str) -> None:
+    raw = _params_with("transfer")
+    raw["variants"]["transfer_finetune"]["extra"] = extra
+    with pytest.raises(ConfigError) as error:
+        config.parse(raw)
+    assert message in str(error.value)
 
 
 def test_block_ids_follow_the_keras_applications_names() -> None:

@@ -13,7 +13,7 @@ Every model ends with ``Rescaling(spec.target_scale)``, so it outputs prices dir
 channel and hidden unit count; ``spec.batchnorm`` is ignored (the seed CNN has
 BatchNormalization by design, the MLP has no convolutions).
 
-Variant ``extra`` keys (every default is the seed's model; an unknown key is an error):
+Variant ``extra`` keys (schemas in :mod:`pipeline.models.houses_knobs`; every default is the seed's model):
 
 - ``target`` (all): ``scaled`` (the seed: one linear unit x the largest train price) or
   ``log``: the unit is the log of the price (``exp`` -> x ``spec.target_scale``, starting at
@@ -42,6 +42,7 @@ import math
 
 import keras
 
+from pipeline.models.houses_knobs import MixedKnobs, PhotoKnobs, TabularKnobs
 from pipeline.models.layers import batch_norm, dropout, image_input, price_output, units
 from pipeline.models.registry import ModelSpec, register
 
@@ -50,23 +51,6 @@ TABULAR = "tabular"
 ZIPCODE = "zipcode"
 IMAGE = "image"
 TABULAR_COLUMNS = ("bedrooms", "bathrooms", "area")
-TARGETS = ("scaled", "log")
-PHOTO_HEADS = ("flatten", "average")
-TABULAR_EXTRA = ("target", "log_tabular", "hidden")
-PHOTO_EXTRA = ("target", "photo_pool", "photo_filters", "photo_head", "branch_dropout")
-
-
-def _extra(spec: ModelSpec, allowed: tuple[str, ...], family: str) -> None:
-    """Check that ``spec.extra`` only names keys ``family`` reads (a typo must not be ignored silently)."""
-    unknown = sorted(set(spec.extra) - set(allowed))
-    if unknown:
-        raise ValueError(f"extra.{unknown[0]}: unknown key for {family}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _units_list(value: object, key: str) -> tuple[int, ...]:
-    if not (isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise ValueError(f"extra.{key}: expected a list of positive integers, got {value!r}")
-    return tuple(value)
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -94,7 +78,7 @@ def log_moments(mean: float, variance: float) -> tuple[float, float]:
     return math.log(max(mean, 1e-6)) - spread / 2, spread
 
 
-def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor]:
+def tabular_features(spec: ModelSpec, knobs: TabularKnobs) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor]:
     """The ``tabular`` and ``zipcode`` inputs and their features: standardized columns ++ zip one-hot."""
     n = len(TABULAR_COLUMNS)
     if len(spec.tabular_mean) != n or len(spec.tabular_variance) != n:
@@ -104,10 +88,7 @@ def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], ker
     tabular = keras.Input(shape=(n,), dtype="float32", name=TABULAR)
     zipcode = keras.Input(shape=(1,), dtype="string", name=ZIPCODE)
     x, mean, variance = tabular, list(spec.tabular_mean), list(spec.tabular_variance)
-    log_tabular = spec.extra.get("log_tabular", False)
-    if not isinstance(log_tabular, bool):
-        raise ValueError(f"extra.log_tabular: expected true or false, got {log_tabular!r}")
-    if log_tabular:  # standardize log(column) with the log-normal moments of the column
+    if knobs.log_tabular:  # standardize log(column) with the log-normal moments of the column
         x = Log(name="log_tabular")(x)
         mean, variance = (list(v) for v in zip(*(log_moments(m, v) for m, v in zip(mean, variance))))
     scaled = keras.layers.Normalization(mean=mean, variance=variance, name="normalize_tabular")(x)
@@ -118,28 +99,28 @@ def tabular_features(spec: ModelSpec) -> tuple[dict[str, keras.KerasTensor], ker
     return {TABULAR: tabular, ZIPCODE: zipcode}, features
 
 
-def mlp_branch(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+def mlp_branch(x: keras.KerasTensor, spec: ModelSpec, knobs: TabularKnobs) -> keras.KerasTensor:
     """The seed's MLP: Dense 8 relu, Dense 4 relu (extra ``hidden``: other units; ``[]``: the features unchanged)."""
-    for i, n in enumerate(_units_list(spec.extra.get("hidden", [8, 4]), "hidden"), start=1):
+    for i, n in enumerate(knobs.hidden, start=1):
         x = keras.layers.Dense(units(n, spec.width), activation="relu", name=f"mlp_dense{i}")(x)
     return x
 
 
-def cnn_branch(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+def cnn_branch(x: keras.KerasTensor, spec: ModelSpec, knobs: PhotoKnobs) -> keras.KerasTensor:
     """The seed's small CNN: (conv 3x3 relu, BN, 2x2 max-pool) x 16/32/64, Flatten, Dense 16 relu, BN, Dropout, Dense 4 relu.
 
     Extra: ``branch_dropout`` (0.5, the seed's rate; 0 removes the layer), ``photo_pool``,
     ``photo_filters``, ``photo_head`` (see the module docstring).
     """
-    rate = float(spec.extra.get("branch_dropout", 0.5))
-    pool, stages, head = _photo_plan(spec)
-    if pool > 1:
-        x = keras.layers.AveragePooling2D(pool, name="cnn_input_pool")(x)
-    for i, filters in enumerate(stages, start=1):
+    _check_photo_pooling(spec, knobs)
+    rate = knobs.branch_dropout
+    if knobs.photo_pool > 1:
+        x = keras.layers.AveragePooling2D(knobs.photo_pool, name="cnn_input_pool")(x)
+    for i, filters in enumerate(knobs.photo_filters, start=1):
         x = keras.layers.Conv2D(units(filters, spec.width), 3, padding="same", activation="relu", name=f"cnn_conv{i}")(x)
         x = batch_norm(name=f"cnn_bn{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"cnn_pool{i}")(x)
-    if head == "average":
+    if knobs.photo_head == "average":
         x = keras.layers.GlobalAveragePooling2D(name="cnn_average")(x)
         return dropout(x, rate, name="cnn_dropout")
     x = keras.layers.Flatten(name="cnn_flatten")(x)
@@ -149,36 +130,22 @@ def cnn_branch(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
     return keras.layers.Dense(units(4, spec.width), activation="relu", name="cnn_dense2")(x)
 
 
-def _photo_plan(spec: ModelSpec) -> tuple[int, tuple[int, ...], str]:
-    """Extra ``photo_pool``, ``photo_filters``, ``photo_head``, checked (the image must survive the pooling)."""
-    pool = spec.extra.get("photo_pool", 1)
-    if not (isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1):
-        raise ValueError(f"extra.photo_pool: expected an integer >= 1, got {pool!r}")
-    filters = _units_list(spec.extra.get("photo_filters", [16, 32, 64]), "photo_filters")
-    head = spec.extra.get("photo_head", "flatten")
-    if head not in PHOTO_HEADS:
-        raise ValueError(f"extra.photo_head: {head!r} is not one of {', '.join(PHOTO_HEADS)}")
-    need = pool * 2 ** len(filters)
+def _check_photo_pooling(spec: ModelSpec, knobs: PhotoKnobs) -> None:
+    """The montage must survive extra ``photo_pool`` and one halving per ``photo_filters`` stage."""
+    pool, stages = knobs.photo_pool, len(knobs.photo_filters)
+    need = pool * 2**stages
     if spec.image_size < need:
         raise ValueError(
-            f"the montage CNN pools {len(filters)} times (photo_pool {pool}): image_size must be >= {need}, got {spec.image_size}"
+            f"the montage CNN pools {stages} times (photo_pool {pool}): image_size must be >= {need}, got {spec.image_size}"
         )
-    return pool, filters, head
 
 
-def _target(spec: ModelSpec) -> str:
-    target = spec.extra.get("target", "scaled")
-    if target not in TARGETS:
-        raise ValueError(f"extra.target: {target!r} is not one of {', '.join(TARGETS)}")
-    return target
-
-
-def price_head(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+def price_head(x: keras.KerasTensor, spec: ModelSpec, target: str) -> keras.KerasTensor:
     """The output: the seed's linear unit x ``target_scale`` or, with extra ``target: log``, exp(unit) x ``target_scale``."""
-    if _target(spec) == "scaled":
+    if target == "scaled":
         return price_output(x, spec)
     x = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(_log_start(spec)), name="regression")(x)
-    return _to_price(x, spec)
+    return _to_price(x, spec, target)
 
 
 def _log_start(spec: ModelSpec) -> float:
@@ -186,9 +153,9 @@ def _log_start(spec: ModelSpec) -> float:
     return math.log(spec.target_mean / spec.target_scale) if spec.target_mean > 0 and spec.target_scale > 0 else 0.0
 
 
-def _to_price(x: keras.KerasTensor, spec: ModelSpec) -> keras.KerasTensor:
+def _to_price(x: keras.KerasTensor, spec: ModelSpec, target: str) -> keras.KerasTensor:
     """The output unit as a price: exp of it (``target: log``), then x ``target_scale``."""
-    if _target(spec) == "log":
+    if target == "log":
         x = keras.layers.Activation("exponential", name="exp")(x)
     return keras.layers.Rescaling(spec.target_scale, name="price")(x)
 
@@ -199,10 +166,10 @@ def mlp_tabular(spec: ModelSpec) -> keras.Model:
 
     Extra: ``target``, ``log_tabular``, ``hidden`` (see the module docstring).
     """
-    _extra(spec, TABULAR_EXTRA, "mlp_tabular")
-    inputs, x = tabular_features(spec)
-    x = dropout(mlp_branch(x, spec), spec.dropout, name="dropout")
-    return keras.Model(inputs, price_head(x, spec), name="mlp_tabular")
+    knobs = TabularKnobs.model_validate(spec.extra)
+    inputs, x = tabular_features(spec, knobs)
+    x = dropout(mlp_branch(x, spec, knobs), spec.dropout, name="dropout")
+    return keras.Model(inputs, price_head(x, spec, knobs.target), name="mlp_tabular")
 
 
 @register("cnn_montage", TASK, inputs=(IMAGE,))
@@ -211,10 +178,10 @@ def cnn_montage(spec: ModelSpec) -> keras.Model:
 
     Extra: ``target``, ``photo_pool``, ``photo_filters``, ``photo_head``, ``branch_dropout``.
     """
-    _extra(spec, PHOTO_EXTRA, "cnn_montage")
+    knobs = PhotoKnobs.model_validate(spec.extra)
     image, x = image_input(spec)
-    x = dropout(cnn_branch(x, spec), spec.dropout, name="dropout")
-    return keras.Model({IMAGE: image}, price_head(x, spec), name="cnn_montage")
+    x = dropout(cnn_branch(x, spec, knobs), spec.dropout, name="dropout")
+    return keras.Model({IMAGE: image}, price_head(x, spec, knobs.target), name="cnn_montage")
 
 
 @register("mixed_inputs", TASK, inputs=(TABULAR, ZIPCODE, IMAGE))
@@ -224,24 +191,21 @@ def mixed_inputs(spec: ModelSpec) -> keras.Model:
     Extra: every key of ``mlp_tabular`` and ``cnn_montage``, and ``combined`` (4; 0: one output
     unit per branch, added, the photo unit starting at zero; see the module docstring).
     """
-    _extra(spec, (*TABULAR_EXTRA, *PHOTO_EXTRA, "combined"), "mixed_inputs")
-    _photo_plan(spec)  # check the photo branch before building anything
-    inputs, tab = tabular_features(spec)
+    knobs = MixedKnobs.model_validate(spec.extra)
+    _check_photo_pooling(spec, knobs)  # before building anything
+    inputs, tab = tabular_features(spec, knobs)
     image, img = image_input(spec)
-    tab, img = mlp_branch(tab, spec), cnn_branch(img, spec)
-    combined = spec.extra.get("combined", 4)
-    if not (isinstance(combined, int) and not isinstance(combined, bool) and combined >= 0):
-        raise ValueError(f"extra.combined: expected an integer >= 0, got {combined!r}")
-    if combined:
+    tab, img = mlp_branch(tab, spec, knobs), cnn_branch(img, spec, knobs)
+    if knobs.combined:
         x = keras.layers.Concatenate(name="branches")([tab, img])
-        x = keras.layers.Dense(units(combined, spec.width), activation="relu", name="combined_dense")(x)
+        x = keras.layers.Dense(units(knobs.combined, spec.width), activation="relu", name="combined_dense")(x)
         x = dropout(x, spec.dropout, name="dropout")
-        return keras.Model({**inputs, IMAGE: image}, price_head(x, spec), name="mixed_inputs")
+        return keras.Model({**inputs, IMAGE: image}, price_head(x, spec, knobs.target), name="mixed_inputs")
     # one unit per branch, added: the tabular unit is the model without photos, the photo unit a correction from 0
-    start = _log_start(spec) if _target(spec) == "log" else 0.0
+    start = _log_start(spec) if knobs.target == "log" else 0.0
     tab = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(start), name="tabular_unit")(
         dropout(tab, spec.dropout, name="dropout")
     )
     img = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="photo_unit")(img)
     x = keras.layers.Add(name="regression")([tab, img])
-    return keras.Model({**inputs, IMAGE: image}, _to_price(x, spec), name="mixed_inputs")
+    return keras.Model({**inputs, IMAGE: image}, _to_price(x, spec, knobs.target), name="mixed_inputs")

@@ -11,7 +11,8 @@ Knobs: ``spec.batchnorm`` puts BatchNormalization after every convolution
 (``resnet`` always has it), ``spec.dropout`` is the dropout rate of the
 classifier (after each hidden Dense layer, or before the output when there is
 none; 0 = no Dropout layer), ``spec.width`` scales every channel and hidden
-unit count. Family-specific knobs come from ``spec.extra`` (documented per builder).
+unit count. Family-specific knobs come from ``spec.extra``, read through their schemas in
+:mod:`pipeline.models.pets_knobs` (documented per builder; defaults there).
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ from pipeline.models.layers import (
     max_pool,
     stride_plan,
     units,
+)
+from pipeline.models.pets_knobs import (
+    AlexNetKnobs,
+    AugmentedCNNKnobs,
+    InceptionKnobs,
+    LeNet5Knobs,
+    ResNetKnobs,
+    SeedCNNKnobs,
+    VGGKnobs,
 )
 from pipeline.models.registry import ModelSpec, register
 
@@ -90,19 +100,20 @@ def seed_cnn_layers(
     return layers
 
 
-def _seed_kwargs(spec: ModelSpec, dropout_rate: float | None = None) -> dict[str, Any]:
+def _seed_kwargs(spec: ModelSpec, knobs: SeedCNNKnobs, dropout_rate: float | None = None) -> dict[str, Any]:
     return {
         "dropout": spec.dropout if dropout_rate is None else dropout_rate,
         "batchnorm": spec.batchnorm,
         "width": spec.width,
-        "padding": str(spec.extra.get("padding", "same")),
+        "padding": knobs.padding,
     }
 
 
-def _seed_functional(spec: ModelSpec, name: str, dropout_rate: float | None = None) -> keras.Model:
+def _seed_functional(spec: ModelSpec, name: str, knobs: SeedCNNKnobs, dropout_rate: float | None = None) -> keras.Model:
     image = keras.Input(shape=(spec.image_size, spec.image_size, CHANNELS), dtype="float32", name=IMAGE)
     x = image
-    for layer in seed_cnn_layers(spec.image_size, spec.image_mean, spec.image_variance, **_seed_kwargs(spec, dropout_rate)):
+    kwargs = _seed_kwargs(spec, knobs, dropout_rate)
+    for layer in seed_cnn_layers(spec.image_size, spec.image_mean, spec.image_variance, **kwargs):
         x = layer(x)
     return keras.Model({IMAGE: image}, x, name=name)
 
@@ -110,7 +121,8 @@ def _seed_functional(spec: ModelSpec, name: str, dropout_rate: float | None = No
 @register("cnn_sequential", TASK)
 def cnn_sequential(spec: ModelSpec) -> keras.Model:
     """The seed CNN with ``keras.Sequential``. Extra: ``padding`` ("same"; "valid" is the book's)."""
-    layers = seed_cnn_layers(spec.image_size, spec.image_mean, spec.image_variance, **_seed_kwargs(spec))
+    kwargs = _seed_kwargs(spec, SeedCNNKnobs.model_validate(spec.extra))
+    layers = seed_cnn_layers(spec.image_size, spec.image_mean, spec.image_variance, **kwargs)
     image = keras.Input(shape=(spec.image_size, spec.image_size, CHANNELS), dtype="float32", name=IMAGE)
     return keras.Sequential([image, *layers], name="cnn_sequential")
 
@@ -118,7 +130,7 @@ def cnn_sequential(spec: ModelSpec) -> keras.Model:
 @register("cnn_functional", TASK)
 def cnn_functional(spec: ModelSpec) -> keras.Model:
     """The seed CNN with the Functional API (same layers, same weight order as ``cnn_sequential``)."""
-    return _seed_functional(spec, "cnn_functional")
+    return _seed_functional(spec, "cnn_functional", SeedCNNKnobs.model_validate(spec.extra))
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -191,7 +203,8 @@ class SeedCNN(keras.Model):
 @register("cnn_subclassed", TASK)
 def cnn_subclassed(spec: ModelSpec) -> keras.Model:
     """The seed CNN as a subclassed ``keras.Model`` (:class:`SeedCNN`), built so it has weights at once."""
-    model = SeedCNN(spec.image_size, spec.image_mean, spec.image_variance, name="cnn_subclassed", **_seed_kwargs(spec))
+    kwargs = _seed_kwargs(spec, SeedCNNKnobs.model_validate(spec.extra))
+    model = SeedCNN(spec.image_size, spec.image_mean, spec.image_variance, name="cnn_subclassed", **kwargs)
     model.build((None, spec.image_size, spec.image_size, CHANNELS))
     return model
 
@@ -202,8 +215,8 @@ def cnn_augmented(spec: ModelSpec) -> keras.Model:
 
     The augmentation itself runs in the input pipeline, not in the model.
     """
-    rate = spec.dropout if spec.dropout > 0 else float(spec.extra.get("dropout", 0.5))
-    return _seed_functional(spec, "cnn_augmented", dropout_rate=rate)
+    knobs = AugmentedCNNKnobs.model_validate(spec.extra)
+    return _seed_functional(spec, "cnn_augmented", knobs, dropout_rate=spec.dropout or knobs.dropout)
 
 
 # --- classic architectures, scaled to small inputs -----------------------------------------------
@@ -221,7 +234,7 @@ def lenet5(spec: ModelSpec) -> keras.Model:
     map stays near LeNet's 5-8 pixels: 2 at 32 px, 3 at 96 px, 4 at 160 px.
     Extra: ``activation`` ("relu"; LeNet's own was "tanh").
     """
-    activation = str(spec.extra.get("activation", "relu"))
+    activation = LeNet5Knobs.model_validate(spec.extra).activation
     pool = max(2, round((spec.image_size / 8) ** 0.5))
     image, x = image_input(spec)
     for i, filters in enumerate((6, 16), start=1):
@@ -238,7 +251,7 @@ def _alexnet_like(spec: ModelSpec, name: str, stem: tuple[int, int], pool_slots:
     ``stem`` = (conv1 stride, conv2 stride); ``pool_slots`` = strides of pool1, pool2, pool5.
     """
     image, x = image_input(spec)
-    hidden = int(spec.extra.get("dense_units", 512))
+    hidden = AlexNetKnobs.model_validate(spec.extra).dense_units
     conv1_kernel = {4: 11, 2: 7, 1: 5}[stem[0]]
     x = conv(x, units(96, spec.width), conv1_kernel, strides=stem[0], batchnorm=spec.batchnorm, name="conv1")
     x = max_pool(x, pool_slots[0], name="pool1")
@@ -283,19 +296,16 @@ def vgg(spec: ModelSpec) -> keras.Model:
     (2, 2, 3, 3, 3) = VGG-16; ``dense_units`` (512). Blocks of small images
     skip their pooling from the first block on, so the last map is >= 2 px.
     """
-    filters = tuple(spec.extra.get("filters", (64, 128, 256, 512, 512)))
-    convs = tuple(spec.extra.get("convs", (2, 2, 3, 3, 3)))
-    if len(filters) != len(convs):
-        raise ValueError(f"vgg: filters {filters} and convs {convs} differ in length")
-    hidden = int(spec.extra.get("dense_units", 512))
+    knobs = VGGKnobs.model_validate(spec.extra)
+    plan = stride_plan(spec.image_size, len(knobs.filters), 2)
     image, x = image_input(spec)
-    for b, (f, n, stride) in enumerate(zip(filters, convs, stride_plan(spec.image_size, len(filters), 2), strict=True), 1):
-        for c in range(1, int(n) + 1):
-            x = conv(x, units(int(f), spec.width), 3, batchnorm=spec.batchnorm, name=f"block{b}_{c}")
+    for b, (f, n, stride) in enumerate(zip(knobs.filters, knobs.convs, plan, strict=True), 1):
+        for c in range(1, n + 1):
+            x = conv(x, units(f, spec.width), 3, batchnorm=spec.batchnorm, name=f"block{b}_{c}")
         if stride == 2:
             x = keras.layers.MaxPooling2D(2, padding="same", name=f"block{b}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = dense_head(x, [hidden, hidden], spec)
+    x = dense_head(x, [knobs.dense_units] * 2, spec)
     return _model(image, binary_output(x), "vgg")
 
 
@@ -360,9 +370,7 @@ def inception(spec: ModelSpec) -> keras.Model:
     (the stem conv is 7x7/2 when it strides, else 3x3). ``spec.batchnorm``
     makes it BN-Inception. Extra: ``stages`` (3; 1 = only 3a-3b, 2 = up to 4e).
     """
-    stages = int(spec.extra.get("stages", 3))
-    if not 1 <= stages <= len(INCEPTION_STAGES):
-        raise ValueError(f"inception: stages must be 1..{len(INCEPTION_STAGES)}, got {stages}")
+    stages = InceptionKnobs.model_validate(spec.extra).stages
     s = stride_plan(spec.image_size, 2 + stages, min_size=4)
     bn = spec.batchnorm
     image, x = image_input(spec)
@@ -392,13 +400,8 @@ def residual_block(x: keras.KerasTensor, filters: int, strides: int, name: str) 
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
 
-RESNET_STEMS = ("single", "deep")
-
-
 def resnet_stem(x: keras.KerasTensor, filters: int, strides: int, kind: str) -> keras.KerasTensor:
     """The stem before the pool: one 7x7 conv (3x3 when it does not halve), or ``deep``: three 3x3 convs."""
-    if kind not in RESNET_STEMS:
-        raise ValueError(f"resnet: extra.stem {kind!r} is not one of {', '.join(RESNET_STEMS)}")
     if kind == "single":
         return conv(x, filters, 7 if strides == 2 else 3, strides=strides, batchnorm=True, name="stem")
     half = max(filters // 2, 1)
@@ -420,18 +423,15 @@ def resnet(spec: ModelSpec) -> keras.Model:
     conv) or ``deep`` (three 3x3 convs, half, half and full width, the first one strided:
     ResNet-C of "Bag of Tricks", He et al. 2019).
     """
-    filters = tuple(spec.extra.get("filters", (64, 128, 256, 512)))
-    blocks = tuple(spec.extra.get("blocks", (2, 2, 2, 2)))
-    if len(filters) != len(blocks):
-        raise ValueError(f"resnet: filters {filters} and blocks {blocks} differ in length")
-    s = stride_plan(spec.image_size, 1 + len(filters), min_size=int(spec.extra.get("min_map", 4)))
+    knobs = ResNetKnobs.model_validate(spec.extra)
+    s = stride_plan(spec.image_size, 1 + len(knobs.filters), min_size=knobs.min_map)
     image, x = image_input(spec)
-    x = resnet_stem(x, units(int(filters[0]), spec.width), s[0], str(spec.extra.get("stem", "single")))
+    x = resnet_stem(x, units(knobs.filters[0], spec.width), s[0], knobs.stem)
     x = max_pool(x, s[1], name="stem_pool")
-    for st, (f, n) in enumerate(zip(filters, blocks, strict=True), start=1):
-        for b in range(1, int(n) + 1):
+    for st, (f, n) in enumerate(zip(knobs.filters, knobs.blocks, strict=True), start=1):
+        for b in range(1, n + 1):
             strides = s[st] if st > 1 and b == 1 else 1
-            x = residual_block(x, units(int(f), spec.width), strides, name=f"stage{st}_block{b}")
+            x = residual_block(x, units(f, spec.width), strides, name=f"stage{st}_block{b}")
     x = keras.layers.GlobalAveragePooling2D(name="global_average")(x)
     x = dropout(x, spec.dropout, name="dropout")
     return _model(image, binary_output(x), "resnet")

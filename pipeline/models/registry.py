@@ -6,18 +6,28 @@ a :class:`ModelSpec` (sizes and knobs from params, fitted statistics from the
 raw inputs (uint8-range pixels, unscaled house attributes, zip codes as
 strings) and normalizes them with layers built from the spec, so training,
 evaluation and ``predict`` feed exactly the same thing.
+
+Each family declares the schema of its ``extra`` knobs in a Keras-free module
+beside it (``pets_knobs``, ``houses_knobs``, ``transfer_knobs``); :data:`KNOBS`
+gathers them, so :mod:`pipeline.config` knows every model name and checks a
+variant's ``extra`` before TensorFlow is imported. A builder must declare its knobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pipeline.models import houses_knobs, pets_knobs, transfer_knobs
+from pipeline.schema import Section
 
 if TYPE_CHECKING:  # keep TensorFlow out of the import of this module
     import keras
 
 TASKS = ("binary_classification", "regression")
+# model name -> the schema of its variant ``extra``: every model there is, without importing a builder
+KNOBS: dict[str, type[Section]] = {**pets_knobs.KNOBS, **transfer_knobs.KNOBS, **houses_knobs.KNOBS}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ def register(name: str, task: str, inputs: tuple[str, ...] = ("image",), needs_b
     """Decorator adding a builder to :data:`REGISTRY` under ``name`` (``needs_backbone``: it reads ``spec.backbone``)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
+    if name not in KNOBS:  # config takes the model names from there
+        raise ValueError(f"model {name!r} declares no extra knobs in pipeline.models.<family>_knobs")
 
     def wrap(fn: Callable[[ModelSpec], keras.Model]) -> Callable[[ModelSpec], keras.Model]:
         if name in REGISTRY:
@@ -74,6 +86,11 @@ def names() -> list[str]:
     """Every registered family, in registration order (imports the builders)."""
     _load()
     return list(REGISTRY)
+
+
+def knobs(name: str, extra: Mapping[str, Any]) -> Section:
+    """The variant ``extra`` as model ``name``'s knobs, defaults filled in (a bad knob raises pydantic's ValidationError)."""
+    return KNOBS[name].model_validate(extra)
 
 
 def get(name: str) -> Entry:

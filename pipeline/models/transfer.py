@@ -42,12 +42,12 @@ pretrained on another domain with little data (the offline one: 1,820 house
 photos) carries statistics that do not fit the new photos.
 
 Extra: ``dense_units`` (128) of the head's hidden layer (scaled by
-``spec.width``); ``spec.dropout`` follows it.
+``spec.width``); ``spec.dropout`` follows it. The knobs' schemas and
+defaults: :mod:`pipeline.models.transfer_knobs`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -55,18 +55,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.models import wrap
+from pipeline.models import registry, wrap
 from pipeline.models.layers import CHANNELS, IMAGE, binary_output, conv, dense_head, max_pool, stride_plan, units
 from pipeline.models.registry import ModelSpec, register
+from pipeline.models.transfer_knobs import UNFREEZE, TransferKnobs
 
 TASK = "binary_classification"
 BACKBONE = "backbone"  # the name of the nested backbone model inside every transfer model
 BACKBONE_FILTERS = (32, 64, 128, 256)  # conv_backbone: one block per entry; scaled by width
-DENSE_UNITS = 128
-UNFREEZE = ("top", "all", "all_batchnorm")
-FINETUNE_DEFAULTS = {"transfer_finetune": {"finetune_epochs": 2, "unfreeze": "top"}}  # finetune_learning_rate: train lr / 10
-KNN_DEFAULTS = {"transfer_features": 5, "transfer_finetune": 5}
 _BLOCK = re.compile(r"(.*?block_?\d+[a-z]?)(?:_|$)")
 
 
@@ -124,7 +120,7 @@ def _head(base: keras.Model, spec: ModelSpec, name: str) -> keras.Model:
     """``base`` (image -> features) + Dense(``dense_units`` x width, relu) + [Dropout] + sigmoid."""
     image = keras.Input(shape=(spec.image_size, spec.image_size, CHANNELS), dtype="float32", name=IMAGE)
     x = base(image)  # no fixed training flag: see the module docstring
-    x = dense_head(x, [int(spec.extra.get("dense_units", DENSE_UNITS))], spec)
+    x = dense_head(x, [registry.knobs(name, spec.extra).dense_units], spec)
     return keras.Model({IMAGE: image}, binary_output(x), name=name)
 
 
@@ -237,37 +233,27 @@ def unfreeze_top(model: keras.Model) -> list[str]:
     return unfreeze(model, "top")
 
 
-def finetune_plan(model_name: str, extra: Mapping[str, Any], learning_rate: float, where: str) -> tuple[int, float, str] | None:
-    """The second training phase from a variant's extra: ``(epochs, learning_rate, unfreeze)``, or None.
+def finetune_plan(model_name: str, extra: Mapping[str, Any], learning_rate: float) -> tuple[int, float, str] | None:
+    """The second training phase from a variant's (checked) extra: ``(epochs, learning_rate, unfreeze)``, or None.
 
-    Keys: ``finetune_epochs`` (``transfer_finetune``: 2; others: 0 = no second
-    phase), ``finetune_learning_rate`` (the train learning rate / 10),
-    ``unfreeze`` (``top``, ``all`` or ``all_batchnorm``). ``where`` is the extra's dotted key for messages.
+    Knobs of the transfer models: ``finetune_epochs`` (``transfer_finetune``: 2; others: 0 = no second
+    phase), ``finetune_learning_rate`` (the train learning rate / 10), ``unfreeze`` (``top``, ``all``
+    or ``all_batchnorm``). Other models have no second phase.
     """
-    defaults = FINETUNE_DEFAULTS.get(model_name, {})
-    epochs = extra.get("finetune_epochs", defaults.get("finetune_epochs", 0))
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 0 <= epochs <= 10000:
-        raise PipelineError(f"{where}.finetune_epochs: expected an integer in [0, 10000], got {epochs!r}")
-    if epochs == 0:
+    knobs = registry.knobs(model_name, extra)
+    if not (isinstance(knobs, TransferKnobs) and knobs.finetune_epochs):
         return None
-    lr = extra.get("finetune_learning_rate", learning_rate / 10)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 1e-8 <= lr <= 10):
-        raise PipelineError(f"{where}.finetune_learning_rate: expected a number in [1e-08, 10], got {lr!r}")
-    which = extra.get("unfreeze", defaults.get("unfreeze", "top"))
-    if which not in UNFREEZE:
-        raise PipelineError(f"{where}.unfreeze: {which!r} is not one of {', '.join(UNFREEZE)}")
-    return epochs, float(lr), which
+    lr = knobs.finetune_learning_rate if knobs.finetune_learning_rate is not None else learning_rate / 10
+    return knobs.finetune_epochs, lr, knobs.unfreeze
 
 
 # --- the seed's kNN on deep features -------------------------------------------------------------
 
 
-def knn_k(model_name: str, extra: Mapping[str, Any], where: str) -> int:
-    """k of the kNN on the backbone's features from the variant's extra ``knn`` (0 = off)."""
-    k = extra.get("knn", KNN_DEFAULTS.get(model_name, 0))
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise PipelineError(f"{where}.knn: expected a whole number of neighbours (0 = off), got {k!r}")
-    return k
+def knn_k(model_name: str, extra: Mapping[str, Any]) -> int:
+    """k of the kNN on the backbone's features from the variant's (checked) extra ``knn``; 0 = off."""
+    knobs = registry.knobs(model_name, extra)
+    return knobs.knn if isinstance(knobs, TransferKnobs) else 0
 
 
 def features(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -222,10 +221,9 @@ def resolve_variants(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return out
     out = {}
     for name, variant in parsed.variants.items():
-        settings = dataclasses.asdict(variant)
-        settings.pop("name")
+        settings = variant.model_dump(exclude={"name"})
         if (policy := parsed.augment.policies.get(variant.augment)) is not None:  # as the train stage resolves it
-            settings["augment_policy"] = dict(policy.ops, seed=policy.seed)
+            settings["augment_policy"] = policy.model_dump()
         out[name] = flatten(settings)
     return out
 

@@ -29,7 +29,7 @@ def preview(name: str, policy: AugmentPolicy, images: np.ndarray, stats: dict, o
     from pipeline.training import augment_ops
 
     image = stats["image"]
-    fn = augment_ops.build(augment_ops.Policy(**policy.ops), image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
+    fn = augment_ops.build(policy, image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
     augment_ops.preview_grid(images, fn, COPIES, out_png, title=f"augmentation policy {name} (seed {policy.seed})")
 
 
@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
         for name, policy in cfg.policies.items():
             pick = np.random.default_rng(policy.seed).choice(len(index), size=min(cfg.preview, len(index)), replace=False)
             preview(name, policy, images[np.sort(pick)], stats, tmp / f"{name}.png")
-            log.info("policy %s: %s; preview of %d train images", name, policy.ops, len(pick))
+            log.info("policy %s: %s; preview of %d train images", name, policy.model_dump(), len(pick))

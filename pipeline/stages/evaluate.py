@@ -62,7 +62,7 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     if registry.get(trained_config["model"]).needs_backbone:  # --- transfer learning: the seed's kNN on the deep features
         from pipeline.models import transfer
 
-        k = transfer.knn_k(trained_config["model"], trained_config.get("extra", {}), f"variants.{variant}.extra")
+        k = transfer.knn_k(trained_config["model"], trained_config.get("extra", {}))
         if k:
             train_index, train_images = shards.load_split(prepared, "train")
             result.update(

@@ -13,7 +13,6 @@ finds it; the run id and timings also go to ``logs/train/<variant>.json``
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -45,9 +44,9 @@ def mlflow_example(model: Any, names: tuple[str, ...], prepared: Path) -> tuple[
 
 def resolved(variant: Variant, policy: AugmentPolicy | None) -> dict[str, Any]:
     """Everything that defines the variant's training, as plain data (saved and logged)."""
-    out = dataclasses.asdict(variant)
+    out = variant.model_dump()
     if policy is not None:
-        out["augment_policy"] = dict(policy.ops, seed=policy.seed)
+        out["augment_policy"] = policy.model_dump()
     return out
 
 
@@ -57,9 +56,9 @@ def log_augmentation(run_id: str, policy: AugmentPolicy, prepared: Path, stats: 
 
     _, images = shards.load_split(prepared, "train")
     image = stats["image"]
-    fn = augment_ops.build(augment_ops.Policy(**policy.ops), image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
+    fn = augment_ops.build(policy, image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        files.write_json(Path(tmp) / "policy.json", dict(policy.ops, seed=policy.seed))
+        files.write_json(Path(tmp) / "policy.json", policy.model_dump())
         augment_ops.preview_grid(images[:4], fn, 5, Path(tmp) / "preview.png", title=f"augmentation (seed {policy.seed})")
         tracking.log_artifact(run_id, Path(tmp), "augmentation")
 
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     run_config = resolved(variant, policy)
     from pipeline.models import registry
 
-    if variant.model in registry.names() and registry.get(variant.model).needs_backbone:  # --- transfer learning
-        run_config["transfer"] = dataclasses.asdict(params.transfer)
+    if registry.get(variant.model).needs_backbone:  # --- transfer learning
+        run_config["transfer"] = params.transfer.model_dump()
     tags = {
         **tracking.git_tags(),
         "dvc.stage": f"train@{variant.name}",

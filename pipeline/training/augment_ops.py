@@ -45,20 +45,24 @@ is a ``[2]`` int tensor. Where that seed comes from:
 
 TensorFlow is imported inside the functions: this module is imported by the
 stages that train, but importing it must not cost a TensorFlow start-up.
+:class:`Policy` is also the schema of ``augment.policies.<name>`` in params
+(:class:`pipeline.config.AugmentPolicy` adds the seed): the fill modes and
+ranges live here only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import StrictBool, field_validator
+
+from pipeline.schema import Section, number
 
 if TYPE_CHECKING:  # keep TensorFlow out of the import of this module
     import tensorflow as tf
@@ -68,8 +72,7 @@ FILL_MODES = ("nearest", "reflect", "constant", "wrap")
 Augment = Callable[..., "tf.Tensor"]
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Section):
     """Which ops run and how strongly; 0 / False switches an op off.
 
     Ranges are symmetric: a value ``v`` draws uniformly from ``[-v, v]``
@@ -77,32 +80,34 @@ class Policy:
     independently per image.
     """
 
-    flip: bool = False  # horizontal flip with probability 1/2
-    crop: float = 0.0  # random crop keeping this fraction of each side, resized back (e.g. 0.875)
-    rotation: float = 0.0  # max degrees (the seed: 40)
-    translation: float = 0.0  # max shift as a fraction of width / height (the seed: 0.2)
+    flip: StrictBool = False  # horizontal flip with probability 1/2
+    # random crop keeping this fraction of each side, resized back (e.g. 0.875); 0 (or 1) = off
+    crop: number(0, 1) = 0.0
+    rotation: number(0, 180) = 0.0  # max degrees (the seed: 40)
+    translation: number(0, 1) = 0.0  # max shift as a fraction of width / height (the seed: 0.2)
     # shear factor s: x' = x + s * y with s ~ U(-shear, shear). NB ImageDataGenerator read its
     # shear_range=0.2 as an angle in *degrees* (almost no shear); 0.2 here is ~11 degrees.
-    shear: float = 0.0
-    zoom: float = 0.0  # scale x and y independently by U(1 - zoom, 1 + zoom), like ImageDataGenerator
-    brightness: float = 0.0  # pixels * U(1 - b, 1 + b): ImageDataGenerator's brightness_range
-    contrast: float = 0.0  # tf.image.adjust_contrast with factor U(1 - c, 1 + c)
-    saturation: float = 0.0  # tf.image.adjust_saturation with factor U(1 - s, 1 + s)
-    pca_color: float = 0.0  # std of AlexNet's alpha ~ N(0, pca_color) (AlexNet: 0.1)
-    fill_mode: str = "nearest"  # where the transform samples outside the image: nearest | reflect | constant | wrap
+    shear: number(0, 1) = 0.0
+    zoom: number(0, 1) = 0.0  # scale x and y independently by U(1 - zoom, 1 + zoom), like ImageDataGenerator
+    brightness: number(0, 1) = 0.0  # pixels * U(1 - b, 1 + b): ImageDataGenerator's brightness_range
+    contrast: number(0, 1) = 0.0  # tf.image.adjust_contrast with factor U(1 - c, 1 + c)
+    saturation: number(0, 1) = 0.0  # tf.image.adjust_saturation with factor U(1 - s, 1 + s)
+    pca_color: number(0, 1) = 0.0  # std of AlexNet's alpha ~ N(0, pca_color) (AlexNet: 0.1)
+    fill_mode: Literal[FILL_MODES] = "nearest"  # where the transform samples outside the image
 
-    def __post_init__(self) -> None:
-        if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"augment fill_mode {self.fill_mode!r} is not one of {FILL_MODES}")
-        if not (self.crop == 0 or 0 < self.crop <= 1):
-            raise ValueError(f"augment crop {self.crop!r} must be 0 (off) or in (0, 1]")
-        for name in ("rotation", "translation", "shear", "zoom", "brightness", "contrast", "saturation", "pca_color"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"augment {name} {value!r} must be a finite number >= 0")
-        for name in ("zoom", "brightness", "contrast", "saturation"):
-            if getattr(self, name) >= 1:  # 1 - v would reach a zero or negative scale
-                raise ValueError(f"augment {name} {getattr(self, name)!r} must be < 1")
+    @field_validator("crop")
+    @classmethod
+    def _crop(cls, crop: float) -> float:
+        if 0 < crop < 0.25:
+            raise ValueError(f"{crop} keeps under a quarter of each side; use 0 (off) or 0.25..1")
+        return 0.0 if crop == 1 else crop  # keeping the whole side is no crop
+
+    @field_validator("zoom", "brightness", "contrast", "saturation")
+    @classmethod
+    def _factor(cls, value: float) -> float:
+        if value >= 1:  # 1 - v would reach a zero or negative scale
+            raise ValueError(f"{value!r} must be < 1 (the factor is drawn from [1 - v, 1 + v])")
+        return value
 
     @property
     def geometric(self) -> bool:
@@ -126,7 +131,7 @@ class Policy:
 
     def describe(self) -> dict[str, Any]:
         """The policy as a plain dict (for logs and MLflow params)."""
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 # Seed slots, one per random draw, so that switching one op on or off does not

@@ -24,6 +24,8 @@ from pipeline.models.registry import ModelSpec
 from pipeline.training.inputs import make_dataset, model_inputs, targets
 
 log = logging.getLogger(__name__)
+# fit without a transfer section: the pretrain stage's backbone
+DEFAULT_TRANSFER = TransferConfig(backbone="pretrain", application="MobileNetV2", weights=None)
 
 
 def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) -> ModelSpec:
@@ -147,10 +149,7 @@ def fit(
 
     from pipeline.models import registry
 
-    try:
-        entry = registry.get(variant.model)
-    except KeyError as exc:
-        raise PipelineError(f"variants.{variant.name}.model: {exc.args[0]}") from None
+    entry = registry.get(variant.model)  # a registered name: config checked it
     if entry.task != meta["task"]:
         raise PipelineError(
             f"variants.{variant.name}: model {variant.model!r} is for {entry.task}, dataset {variant.dataset!r} is {meta['task']}"
@@ -164,7 +163,7 @@ def fit(
         )
     from pipeline.models.transfer import finetune_plan  # --- transfer learning: an optional second phase
 
-    plan = finetune_plan(variant.model, variant.extra, cfg.learning_rate, f"variants.{variant.name}.extra")
+    plan = finetune_plan(variant.model, variant.extra, cfg.learning_rate)
     if plan and cfg.warmup >= plan[0]:  # each phase ramps up again
         raise PipelineError(
             f"variants.{variant.name}.train.warmup: {cfg.warmup} epochs of warmup leave none of the {plan[0]}"
@@ -179,19 +178,15 @@ def fit(
         from pipeline.training import augment_ops
 
         img = stats["image"]
-        augment = augment_ops.build(
-            augment_ops.Policy(**policy.ops), img["pca_eigenvalues"], img["pca_eigenvectors"], policy.seed
-        )
+        augment = augment_ops.build(policy, img["pca_eigenvalues"], img["pca_eigenvectors"], policy.seed)
     spec = model_spec(variant, meta, stats)
     if entry.needs_backbone:  # --- transfer learning: the pretrained backbone goes into the spec
         from pipeline.models.backbones import load_backbone
 
-        spec = dataclasses.replace(
-            spec, backbone=load_backbone(transfer or TransferConfig("pretrain", "MobileNetV2", None), spec.image_size)
-        )
+        spec = dataclasses.replace(spec, backbone=load_backbone(transfer or DEFAULT_TRANSFER, spec.image_size))
     try:
         model = registry.build(variant.model, spec)
-    except ValueError as exc:  # a builder's own check of its knobs (extra, image_size, tta)
+    except ValueError as exc:  # a builder's check of its knobs against the model (image_size, tta)
         raise PipelineError(f"variants.{variant.name}: {exc}") from None
     as_dict = not isinstance(model, keras.Sequential)
     train_ds = make_dataset(
@@ -259,7 +254,7 @@ def finetune(
     log.info(
         "fine-tuning %s of the backbone (%s) for %d epochs at learning rate %g", which, ", ".join(trained), epochs, learning_rate
     )
-    phase = dataclasses.replace(cfg, epochs=epochs, learning_rate=learning_rate)
+    phase = cfg.model_copy(update={"epochs": epochs, "learning_rate": learning_rate})
     loss, metrics = loss_and_metrics(task, phase)
     model.compile(optimizer=optimizer(phase, steps_per_epoch), loss=loss, metrics=metrics)
     done = len(first["loss"])
