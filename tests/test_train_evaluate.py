@@ -345,7 +345,7 @@ def test_the_saved_model_has_the_same_bytes_when_the_weights_are_the_same(tmp_pa
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     x = np.full((1, 32, 32, 3), 128.0, np.float32)
     again = keras.models.load_model(tmp_path / "b.keras", safe_mode=True)
-    np.testing.assert_array_equal(again.predict(x, verbose=0), models[0].predict(x, verbose=0))
+    np.testing.assert_array_equal(again.predict({"image": x}, verbose=0), models[0].predict({"image": x}, verbose=0))
 
 
 def test_shared_object_ids_are_numbered_by_appearance_not_by_address() -> None:
