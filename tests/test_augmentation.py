@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import FILL_MODES, Policy
 from pipeline.training import augment_ops
-from pipeline.training.augment_ops import Policy
 
 tf = pytest.importorskip("tensorflow")
 
@@ -160,7 +160,7 @@ def test_rotation_barely_changes_a_centred_disk() -> None:
         np.testing.assert_allclose(centroid(image - 50.0), [16.0, 16.0], atol=0.05)
 
 
-@pytest.mark.parametrize("fill_mode", augment_ops.FILL_MODES)
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
 def test_the_warp_is_tensorflows_projective_transform(fill_mode: str) -> None:
     """The vectorised warp samples as ImageProjectiveTransformV3 does, far outside the image too."""
     rng = np.random.default_rng(1)

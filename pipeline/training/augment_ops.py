@@ -45,9 +45,8 @@ is a ``[2]`` int tensor. Where that seed comes from:
 
 TensorFlow is imported inside the functions: this module is imported by the
 stages that train, but importing it must not cost a TensorFlow start-up.
-:class:`Policy` is also the schema of ``augment.policies.<name>`` in params
-(:class:`pipeline.config.AugmentPolicy` adds the seed): the fill modes and
-ranges live here only.
+:class:`Policy` (from :mod:`pipeline.config`, where params are parsed) is the
+schema of ``augment.policies.<name>``: the fill modes and ranges live there only.
 """
 
 from __future__ import annotations
@@ -57,81 +56,17 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import StrictBool, field_validator
 
-from pipeline.schema import Section, number
+from pipeline.config import Policy  # the schema of a policy in params; used here as the ops' settings
 
 if TYPE_CHECKING:  # keep TensorFlow out of the import of this module
     import tensorflow as tf
 
-FILL_MODES = ("nearest", "reflect", "constant", "wrap")
 
 Augment = Callable[..., "tf.Tensor"]
-
-
-class Policy(Section):
-    """Which ops run and how strongly; 0 / False switches an op off.
-
-    Ranges are symmetric: a value ``v`` draws uniformly from ``[-v, v]``
-    (angles, shifts, shear) or ``[1 - v, 1 + v]`` (zoom and colour factors),
-    independently per image.
-    """
-
-    flip: StrictBool = False  # horizontal flip with probability 1/2
-    # random crop keeping this fraction of each side, resized back (e.g. 0.875); 0 (or 1) = off
-    crop: number(0, 1) = 0.0
-    rotation: number(0, 180) = 0.0  # max degrees (the seed: 40)
-    translation: number(0, 1) = 0.0  # max shift as a fraction of width / height (the seed: 0.2)
-    # shear factor s: x' = x + s * y with s ~ U(-shear, shear). NB ImageDataGenerator read its
-    # shear_range=0.2 as an angle in *degrees* (almost no shear); 0.2 here is ~11 degrees.
-    shear: number(0, 1) = 0.0
-    zoom: number(0, 1) = 0.0  # scale x and y independently by U(1 - zoom, 1 + zoom), like ImageDataGenerator
-    brightness: number(0, 1) = 0.0  # pixels * U(1 - b, 1 + b): ImageDataGenerator's brightness_range
-    contrast: number(0, 1) = 0.0  # tf.image.adjust_contrast with factor U(1 - c, 1 + c)
-    saturation: number(0, 1) = 0.0  # tf.image.adjust_saturation with factor U(1 - s, 1 + s)
-    pca_color: number(0, 1) = 0.0  # std of AlexNet's alpha ~ N(0, pca_color) (AlexNet: 0.1)
-    fill_mode: Literal[FILL_MODES] = "nearest"  # where the transform samples outside the image
-
-    @field_validator("crop")
-    @classmethod
-    def _crop(cls, crop: float) -> float:
-        if 0 < crop < 0.25:
-            raise ValueError(f"{crop} keeps under a quarter of each side; use 0 (off) or 0.25..1")
-        return 0.0 if crop == 1 else crop  # keeping the whole side is no crop
-
-    @field_validator("zoom", "brightness", "contrast", "saturation")
-    @classmethod
-    def _factor(cls, value: float) -> float:
-        if value >= 1:  # 1 - v would reach a zero or negative scale
-            raise ValueError(f"{value!r} must be < 1 (the factor is drawn from [1 - v, 1 + v])")
-        return value
-
-    @property
-    def geometric(self) -> bool:
-        """Whether the projective transform is needed at all."""
-        return any((self.rotation, self.translation, self.shear, self.zoom))
-
-    @property
-    def identity(self) -> bool:
-        """True when every op is off."""
-        return not (self.flip or self.cropping or self.geometric or self.color or self.pca_color)
-
-    @property
-    def cropping(self) -> bool:
-        """Whether the crop does anything (keeping the whole side, 1, is no crop)."""
-        return 0 < self.crop < 1
-
-    @property
-    def color(self) -> bool:
-        """Whether any colour jitter (brightness, contrast, saturation) is on."""
-        return any((self.brightness, self.contrast, self.saturation))
-
-    def describe(self) -> dict[str, Any]:
-        """The policy as a plain dict (for logs and MLflow params)."""
-        return self.model_dump()
 
 
 # Seed slots, one per random draw, so that switching one op on or off does not
