@@ -95,7 +95,7 @@ def test_make_review_on_a_fresh_clone(clone: Path) -> None:
     assert "| `variants.lenet5.train.learning_rate` | 0.001 | 0.003 |" in md
     assert "| `mlp_tabular` | houses | mape |" in md and "| same |" in md.split("| `mlp_tabular` |")[1].splitlines()[0]
     assert "**Notes**" not in md
-    # head and base runs both landed in the clone's store; the base's evaluate found lenet5's new model's run... or made one
+    # head and base runs both landed in the clone's store: lenet5 trained twice, the rest restored by DVC's run cache
     stages = [stage for _, stage in runs(clone)]
     assert stages.count("train@lenet5") == 2 and stages.count("train@mlp_tabular") == 1, stages
     before = runs(clone)
