@@ -328,13 +328,14 @@ def find_model_run(stage: str, md5: str, dataset: str, start: Path | None = None
     return found[0].info.run_id if found else None
 
 
-def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str]) -> str:
+def model_run(folder: Path, variant: str, dataset: str) -> str:
     """The run that trained ``folder/model.keras`` (:func:`find_model_run`); a new run when the store has none.
 
     DVC may have restored the folder from its cache or run cache, trained
     under another store (a fresh clone, a CI cache, another tracking URI):
-    then a new run in the dataset's experiment, with ``tags`` and the model's
-    resolved config as params, and one log line that says why.
+    then a new run in the dataset's experiment, tagged like a train run (git,
+    data hash) and with the model's resolved config as params, and one log
+    line that says why.
     """
     md5 = file_md5(folder / "model.keras")
     stage = f"train@{variant}"
@@ -342,6 +343,7 @@ def model_run(folder: Path, variant: str, dataset: str, tags: Mapping[str, str])
     if run_id:
         return run_id
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    tags = {**git_tags(), "data.hash": data_hash(Path("dvc.lock"), dataset), "dataset": dataset}
     run_id = start(variant, dataset, {**tags, "dvc.stage": stage, MODEL_TAG: md5, "model.restored": "true"}, config)
     finish(run_id)  # like a train run: evaluate logs into it after it ended
     log.info(

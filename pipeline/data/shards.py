@@ -21,10 +21,10 @@ def meta(prepared: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_split(prepared: Path, split: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """The index rows of ``split`` and their images ``[n, size, size, 3]`` uint8, in index order."""
+def load_split(prepared: Path, split: str, limit: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The index rows of ``split`` (the first ``limit``) and their images ``[n, size, size, 3]`` uint8, in index order."""
     index = pd.read_parquet(prepared / "index.parquet")
-    rows = index[index.split == split].reset_index(drop=True)
+    rows = index[index.split == split].reset_index(drop=True).iloc[:limit]
     if rows.empty:
         raise PipelineError(f"{prepared}: the {split} split is empty")
     shards = {name: np.load(prepared / name, mmap_mode="r") for name in rows.shard.unique()}

@@ -3,8 +3,8 @@
 A revision's ``params.yaml`` comes from git; its generated outputs are
 DVC-tracked, so they are read through :class:`dvc.api.DVCFileSystem` at that
 revision (its ``dvc.lock`` and the local DVC cache). Where the cache lacks them
-(a fresh clone, CI: outputs hold run ids and timings, so no rerun reproduces
-the committed hashes), :func:`build_base` reproduces them in a worktree.
+(a fresh clone, CI: the cache is empty, and training on another CPU can change
+the last digits of the weights), :func:`build_base` reproduces them in a worktree.
 """
 
 from __future__ import annotations
@@ -237,9 +237,9 @@ def missing_at(root: Path, rev: str) -> list[str]:
 def build_base(root: Path, sha: str, label: str) -> Workspace:
     """Revision ``sha``'s outputs reproduced in a git worktree under ``.dvc/tmp/review/`` on this project's DVC cache.
 
-    Outputs hold run ids and timings, so a fresh ``dvc repro`` never matches the
-    hashes a committed ``dvc.lock`` records: on another machine (a fresh clone,
-    CI) the revision's outputs are not in the cache. ``dvc repro`` in the
+    On another machine (a fresh clone, CI) the revision's outputs are not in the
+    cache, and a rerun there matches the hashes of its ``dvc.lock`` only where
+    training gives the same bits on that CPU. ``dvc repro`` in the
     worktree restores from DVC's run cache every stage that already ran here
     with the same code, params and data (after ``make run`` at that revision:
     all of them) and runs the others. The worktree is kept for the next review.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,8 +77,7 @@ def evaluate(variant: str, dataset: str) -> dict[str, Any]:
     pngs = draw(task, tables, result, out, variant)
     pngs.append(draw_history(tables["history"], out / "training_curves.png", f"{variant}: training curves"))
     files.write_json(paths.metrics(variant), result)
-    tags = {**tracking.git_tags(), "data.hash": tracking.data_hash(Path("dvc.lock"), dataset), "dataset": dataset}
-    run_id = tracking.model_run(folder, variant, dataset, tags)
+    run_id = tracking.model_run(folder, variant, dataset)
     scalars = {f"test_{k}": v for k, v in result.items() if isinstance(v, float) and np.isfinite(v)}
     tracking.log_metrics(run_id, scalars)
     key = TASKS[task][0]  # the leaderboard's key metric: a column of the experiment's runs table in the UI

@@ -16,14 +16,8 @@ pooled features; its ``Normalization`` holds the per-channel mean/variance
 of the training photos as constants; reloads with ``safe_mode=True``),
 ``summary.json`` (val accuracy, chance level, epochs, classes, counts) and
 ``history.csv``; timings go to its MLflow run (experiment ``pretrain``,
-tagged with the backbone file's md5), not into these hashed outputs.
-
-:func:`load_backbone` is what the train stage calls for the
-``needs_backbone`` variants: this stage's backbone (``transfer.backbone:
-pretrain``), or ``keras.applications.<transfer.application>`` with ImageNet
-weights (``imagenet``) or a local weights file (``file``). It never falls back
-to random weights: weights that cannot be had raise a :class:`PipelineError`
-naming the key.
+tagged with the backbone file's md5), not into these hashed outputs. The
+train stage loads it through :func:`pipeline.models.backbones.load_backbone`.
 """
 
 from __future__ import annotations
@@ -51,12 +45,6 @@ EXPERIMENT = "pretrain"  # the MLflow experiment (one run per pretraining)
 SUMMARY_FILE = "summary.json"
 
 
-# --- the source data -----------------------------------------------------------------------------
-
-
-# --- pretraining ---------------------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline pretrain``."""
     parser = argparse.ArgumentParser(prog="python -m pipeline pretrain", description=__doc__.split("\n\n")[0])
@@ -82,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         size,
         decode_seconds,
     )
-    run_params = {"task": "room type (" + ", ".join(HOUSE_ROOMS) + ")", "image_size": size, **vars(cfg)}
+    run_params = {"task": "room type (" + ", ".join(HOUSE_ROOMS) + ")", "image_size": size, **cfg.model_dump()}
     tags = {
         **tracking.git_tags(),
         "dvc.stage": "pretrain",
@@ -131,6 +119,3 @@ def main(argv: list[str] | None = None) -> None:
         seconds,
         out / BACKBONE_FILE,
     )
-
-
-# --- loading a backbone (the train stage) --------------------------------------------------------

@@ -36,8 +36,8 @@ def mlflow_example(model: Any, names: tuple[str, ...], prepared: Path) -> tuple[
     """The first validation row as the model's named inputs, and the model's output on it (the MLflow model's signature)."""
     import keras
 
-    index, images = shards.load_split(prepared, "val")
-    x = model_inputs(names, index.iloc[:1], images[:1])
+    index, images = shards.load_split(prepared, "val", limit=1)
+    x = model_inputs(names, index, images)
     ds = make_dataset(x, np.zeros((1, 1), np.float32), 1, None, as_dict=not isinstance(model, keras.Sequential))
     return x, model.predict(ds, verbose=0)
 
@@ -54,12 +54,12 @@ def log_augmentation(run_id: str, policy: AugmentPolicy, prepared: Path, stats: 
     """The policy (JSON) and a preview of it on four train images, as artifacts of the run (not DVC outputs)."""
     from pipeline.training import augment_ops
 
-    _, images = shards.load_split(prepared, "train")
+    _, images = shards.load_split(prepared, "train", limit=4)
     image = stats["image"]
     fn = augment_ops.build(policy, image["pca_eigenvalues"], image["pca_eigenvectors"], policy.seed)
     with tempfile.TemporaryDirectory() as tmp:
         files.write_json(Path(tmp) / "policy.json", policy.model_dump())
-        augment_ops.preview_grid(images[:4], fn, 5, Path(tmp) / "preview.png", title=f"augmentation (seed {policy.seed})")
+        augment_ops.preview_grid(images, fn, 5, Path(tmp) / "preview.png", title=f"augmentation (seed {policy.seed})")
         tracking.log_artifact(run_id, Path(tmp), "augmentation")
 
 
