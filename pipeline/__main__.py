@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "predict", "report")
+STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "predict", "report", "stack")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import PipelineError
 
     # Import lazily: a stage that does not train must not pay for TensorFlow.
-    name = f"pipeline.{argv[0]}" if argv[0] == "predict" else f"pipeline.stages.{argv[0]}"  # predict serves; it is no stage
+    # predict serves and stack runs services: they are no stages
+    name = f"pipeline.{argv[0]}" if argv[0] in ("predict", "stack") else f"pipeline.stages.{argv[0]}"
     module = importlib.import_module(name)
     try:
         module.main(argv[1:])

@@ -12,12 +12,15 @@ DVC-hashed output.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -26,11 +29,13 @@ from typing import Any
 import yaml
 
 from pipeline.config import flatten
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 STORE = "mlflow.db"  # the default store and artifact folder, in the project root
 ARTIFACTS = "mlartifacts"
+PRETRAIN_EXPERIMENT = "pretrain"  # beside one experiment per dataset: one run per pretraining
 MODEL_TAG = "model.md5"  # ties a run to the model file it trained, wherever DVC restores that file
 
 
@@ -76,8 +81,44 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(start))
+    uri = tracking_uri(start)
+    check_server(uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    mlflow.set_tracking_uri(uri)
     return mlflow
+
+
+@cache
+def check_server(uri: str, user: str | None, password: str | None, timeout: float = 10.0) -> None:
+    """One request to a tracking server (http[s] URIs only) with the account MLflow will use.
+
+    A wrong password, a missing account or an unreachable server then stops
+    the stage within ``timeout`` seconds with a message naming the URI, instead
+    of MLflow's minutes of retries ending in a traceback.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(
+        uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+        data=b'{"max_results": 1}',
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    if user:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401 and user:
+            problem = f"refused the account {user!r} (401 Unauthorized): check MLFLOW_TRACKING_PASSWORD"
+        elif exc.code == 401:
+            problem = "needs an account (401 Unauthorized): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        else:
+            problem = f"answered {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = f"is unreachable ({getattr(exc, 'reason', exc)})"
+    raise PipelineError(f"tracking server {uri} {problem} (`source .stack/env` sets the team stack's)")
 
 
 def _mlflow_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,7 +172,16 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
     from mlflow.entities import Param, RunTag
 
     client = mlflow.MlflowClient()
-    run_id = client.create_run(_experiment_id(mlflow, dataset), run_name=variant).info.run_id
+    try:
+        run_id = client.create_run(_experiment_id(mlflow, dataset), run_name=variant).info.run_id
+    except mlflow.exceptions.MlflowException as exc:
+        if "403" not in str(exc):
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        raise PipelineError(
+            f"tracking server {mlflow.get_tracking_uri()}: account {user!r} may not write into experiment {dataset!r} "
+            "(403 Permission denied): the stack's admin grants it with `python -m pipeline stack user add`"
+        ) from None
     client.log_batch(
         run_id,
         params=[Param(k, str(v)[:6000]) for k, v in _mlflow_params(params).items()],

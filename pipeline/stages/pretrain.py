@@ -41,7 +41,6 @@ from pipeline.training.loop import fit_backbone
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "pretrain"  # the MLflow experiment (one run per pretraining)
 SUMMARY_FILE = "summary.json"
 
 
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         "data.profile": params.data.profile,
         "data.manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
     }
-    run_id = tracking.start("backbone", EXPERIMENT, tags, run_params)
+    run_id = tracking.start("backbone", tracking.PRETRAIN_EXPERIMENT, tags, run_params)
     try:
         backbone, history, seconds = fit_backbone(cfg, data, size, run_id)
     except BaseException:
