@@ -53,7 +53,18 @@ review: setup  ## review report against a git revision: make review BASE=main [F
 # first prints each experiment's runs-table URL, with the view showing its key metric as a column
 PORT ?= 5000
 .PHONY: ui
-ui: setup  ## MLflow UI on the local tracking store: make ui [PORT=5000]
-	python -m pipeline.tracking http://127.0.0.1:$(PORT)
+ui: setup  ## MLflow UI on the local tracking store, or the team server's when MLFLOW_TRACKING_URI names one: make ui [PORT=5000]
+	@case "$$MLFLOW_TRACKING_URI" in http*) python -m pipeline.tracking "$$MLFLOW_TRACKING_URI"; \
+		echo "the team server serves this UI at $$MLFLOW_TRACKING_URI (log in with your account)"; exit 0;; esac; \
+	python -m pipeline.tracking http://127.0.0.1:$(PORT) && \
 	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking --uri)" --default-artifact-root "$$(python -m pipeline.tracking --artifacts)" \
 		--host 127.0.0.1 --port $(PORT)
+
+# `make stack`: the team stack on loopback (PostgreSQL, SeaweedFS S3, MLflow server with accounts, Dask), state in .stack/;
+# then `source .stack/env`. `make stack-down` stops it; data, runs, users and DVC objects are kept for the next `make stack`.
+.PHONY: stack stack-down
+stack: setup  ## start the team stack (a no-op when it runs); then: source .stack/env
+	python -m pipeline stack up
+
+stack-down: setup  ## stop the team stack (its data is kept)
+	python -m pipeline stack down

@@ -46,6 +46,7 @@ def members(layout: Layout) -> list[str]:
 def share_experiments(uri: str, secret: Mapping[str, str], names: Iterable[str], users: Iterable[str]) -> dict[str, str]:
     """Create each shared experiment as the admin if missing, and grant every user EDIT on it; name -> experiment id."""
     import mlflow
+    from mlflow.exceptions import RestException
     from mlflow.server import get_app_client
 
     with as_user(uri, ADMIN, secret["admin_password"]):
@@ -57,7 +58,11 @@ def share_experiments(uri: str, secret: Mapping[str, str], names: Iterable[str],
         auth = get_app_client("basic-auth", tracking_uri=uri)
         for user in users:
             for experiment_id in ids.values():
-                auth.grant_user_permission(user, "experiment", experiment_id, "EDIT")
+                try:
+                    auth.grant_user_permission(user, "experiment", experiment_id, "EDIT")
+                except RestException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # granted by an earlier `up`
+                        raise
     return ids
 
 

@@ -223,7 +223,7 @@ def down(stack: Stack) -> list[str]:
 
 
 def status(stack: Stack) -> list[dict[str, str]]:
-    """One row per service: state, pid, address, since when."""
+    """One row per service: state, pid, address, resident memory of its process group, since when."""
     addresses = {
         "postgres": f"127.0.0.1:{stack.ports['postgres']}",
         "s3": s3_address(stack.ports),
@@ -240,6 +240,7 @@ def status(stack: Stack) -> list[dict[str, str]]:
                 "state": "running" if pid else "stopped",
                 "pid": str(pid or "-"),
                 "address": addresses[service.name],
+                "memory": f"{procs.group_rss_mb(pid):.0f} MB" if pid else "-",
                 "since": procs.since(stack.layout, service.name) if pid else "-",
             }
         )

@@ -94,6 +94,19 @@ def start(layout: Layout, service: Service, ready: Callable[[], bool], timeout: 
     return proc.pid
 
 
+def group_rss_mb(pid: int) -> float:
+    """Resident memory of every process in the group ``pid`` leads (the server with its workers), in MB."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:  # field 5 of stat, the process group
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24, rss in pages
+    return total / 2**20
+
+
 def _tail(path: Path, lines: int = 8) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -112,19 +125,18 @@ def _group_alive(pid: int) -> bool:
     return True
 
 
-def stop(layout: Layout, service: Service, grace: float = 10.0) -> bool:
-    """Signal the service's process group, SIGKILL it after ``grace`` seconds; remove the PID file. False if not running."""
+def stop(layout: Layout, service: Service) -> bool:
+    """Signal the service's process group, SIGKILL it after its grace period; remove the PID file. False if not running."""
     pid = running_pid(layout, service)
     if pid is None:
         return False
     try:
         os.killpg(pid, getattr(signal, service.stop_signal))
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + service.grace
         while _group_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _group_alive(pid):
-            # SeaweedFS ignores SIGTERM for ~20 s; what it acknowledged is on disk already
-            log.info("%s: still running after %.0f s: SIGKILL", service.name, grace)
+            log.info("%s: still running after %.0f s: SIGKILL", service.name, service.grace)
             os.killpg(pid, signal.SIGKILL)
             while _group_alive(pid):
                 time.sleep(0.1)

@@ -30,7 +30,8 @@ class Service:
     ports: tuple[int, ...]  # what it listens on (all must be free before it starts)
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    stop_signal: str = "SIGTERM"  # what asks it to stop; SIGKILL follows after the grace period
+    stop_signal: str = "SIGTERM"  # what asks it to stop; SIGKILL follows after ``grace`` seconds
+    grace: float = 10.0
     binary: str = ""  # a word of its command line that a live process of this service shows (tells a reused PID apart)
 
     def __post_init__(self) -> None:
@@ -116,7 +117,8 @@ def s3(layout: Layout, ports: Mapping[str, int]) -> Service:
         "-volume.max=0",
     ]
     listens = tuple(ports[k] for k in ports if k == "s3" or k.startswith(("s3_", "weed_")))
-    return Service("s3", argv, listens, binary="weed")
+    # SeaweedFS ignores SIGTERM for ~20 s; what it acknowledged is on disk already, so SIGKILL soon
+    return Service("s3", argv, listens, binary="weed", grace=2.0)
 
 
 def s3_identities(secret: Mapping[str, str]) -> dict:
