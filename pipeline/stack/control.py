@@ -97,6 +97,11 @@ def _init_postgres(stack: Stack) -> None:
     if (data / "PG_VERSION").exists():
         return
     data.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0 and subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(data.parent)]).returncode:
+        raise PipelineError(
+            f"PostgreSQL runs as the 'postgres' account, which cannot reach {data.parent} (a folder above it is private): "
+            "put the stack in a folder others may traverse (`stack --dir DIR up`)"
+        )
     with tempfile.NamedTemporaryFile("w", dir=data.parent, delete=False) as pwfile:
         pwfile.write(stack.secret["postgres_password"] + "\n")
     try:
@@ -108,7 +113,7 @@ def _init_postgres(stack: Stack) -> None:
         out = stack.layout.log("postgres")
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("ab") as logfile:
-            done = subprocess.run(argv, stdout=logfile, stderr=subprocess.STDOUT, timeout=120)
+            done = subprocess.run(argv, cwd=data.parent, stdout=logfile, stderr=subprocess.STDOUT, timeout=120)
         if done.returncode != 0:
             shutil.rmtree(data, ignore_errors=True)
             raise PipelineError(f"initdb failed (exit {done.returncode}): see {out}")
