@@ -6,7 +6,7 @@ import importlib
 import logging
 import sys
 
-STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "predict", "report")
+STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "register", "predict", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
