@@ -50,6 +50,13 @@ def variant_name(dataset: str, variant: str) -> str:
     return f"{dataset}.{variant}"
 
 
+def has_model(run_id: str) -> bool:
+    """Whether the run logged an MLflow model (train does; a run made for a model DVC restored does not)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
+
+    return MLFLOW_LOGGED_MODELS in _client().get_run(run_id).data.tags
+
+
 def register(name: str, run_id: str, tags: Mapping[str, Any], description: str = "") -> Version:
     """The version of ``name`` holding run ``run_id``'s model (created with ``tags`` when the run has none yet)."""
     from mlflow.exceptions import MlflowException

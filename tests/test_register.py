@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
 
 from pipeline import tracking
 from pipeline.errors import PipelineError
@@ -97,7 +98,10 @@ def trained(root: Path, variant: str, dataset: str, metrics: dict[str, float], c
     (root / "reports/metrics").mkdir(parents=True, exist_ok=True)
     (root / "reports/metrics" / f"{variant}.json").write_text(json.dumps({**metrics, "task": task, "dataset": dataset}))
     tags = {"dvc.stage": f"train@{variant}", tracking.MODEL_TAG: tracking.file_md5(model)}
-    return tracking.start(variant, dataset, tags, {})
+    run_id = tracking.start(variant, dataset, tags, {})
+    tracking.log_artifact(run_id, model, "model")  # stands for the logged MLflow model
+    tracking._mlflow().MlflowClient().set_tag(run_id, MLFLOW_LOGGED_MODELS, "[]")
+    return run_id
 
 
 def decision(root: Path, dataset: str) -> dict:
@@ -148,6 +152,17 @@ def test_a_variant_without_metrics_or_run_names_the_file(store: Path) -> None:
     (store / "models/b/model.keras").write_bytes(b"retrained, never logged")
     with pytest.raises(PipelineError, match=r"models/b/model\.keras: no MLflow run .* holds this model"):
         register.register_dataset("pets", ["a", "b"], T)
+
+
+def test_a_run_without_a_logged_model_is_left_out_with_a_warning(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trained(store, "a", "pets", {"accuracy": 0.7}, b"a1")
+    model = store / "models/b/model.keras"
+    trained(store, "b", "pets", {"accuracy": 0.9}, b"b1")
+    model.write_bytes(b"restored by DVC")
+    tracking.start("b", "pets", {"dvc.stage": "train@b", tracking.MODEL_TAG: tracking.file_md5(model)}, {})  # evaluate's
+    decision = register.register_dataset("pets", ["a", "b"], T)
+    assert decision is not None and decision.challenger == "a"
+    assert "b: run" in caplog.text and "holds no MLflow model" in caplog.text
 
 
 def test_sqlite_experiments_keep_artifacts_beside_the_store_and_servers_choose_their_own(tmp_path: Path) -> None:

@@ -123,8 +123,12 @@ def _figure(tags: dict[str, str], metric: str) -> float | None:
         return None
 
 
-def register_variant(variant: str, dataset: str) -> tuple[Contender, str, dict[str, str]]:
-    """Register ``models/<variant>``'s run as a version of ``<dataset>.<variant>``: (contender, key metric, its tags)."""
+def register_variant(variant: str, dataset: str) -> tuple[Contender, str, dict[str, str]] | None:
+    """Register ``models/<variant>``'s run as a version of ``<dataset>.<variant>``: (contender, key metric, its tags).
+
+    None, with a warning, when the run holds no MLflow model to register (DVC
+    restored the model file into a store where no train run logged it).
+    """
     metrics_file, model_file = paths.metrics(variant), paths.model(variant) / "model.keras"
     for path in (metrics_file, model_file):
         if not path.is_file():
@@ -139,15 +143,29 @@ def register_variant(variant: str, dataset: str) -> tuple[Contender, str, dict[s
         raise PipelineError(
             f"{model_file}: no MLflow run in {tracking.tracking_uri()} holds this model (md5 {md5}); run evaluate first"
         )
+    if not mlflow_registry.has_model(run_id):
+        log.warning(
+            "%s: run %s holds no MLflow model (restored by DVC?); not registered: run `dvc repro -f train@%s`",
+            variant,
+            run_id,
+            variant,
+        )
+        return None
     scalars = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
     tags = {"variant": variant, "dataset": dataset, tracking.MODEL_TAG: md5, **{k: str(v) for k, v in scalars.items()}}
     version = mlflow_registry.register(mlflow_registry.variant_name(dataset, variant), run_id, tags)
     return Contender(variant, _figure(tags, key), run_id, version.version), key, tags
 
 
-def register_dataset(dataset: str, variants: list[str], threshold: float) -> Decision:
-    """Register every variant of ``dataset``, then move its champion when the best one wins (:func:`decide`)."""
-    registered = [register_variant(v, dataset) for v in variants]
+def register_dataset(dataset: str, variants: list[str], threshold: float) -> Decision | None:
+    """Register every variant of ``dataset``, then move its champion when the best one wins (:func:`decide`).
+
+    None when no variant has a model to register (see :func:`register_variant`).
+    """
+    registered = [r for r in (register_variant(v, dataset) for v in variants) if r is not None]
+    if not registered:
+        log.warning("%s: no variant has an MLflow model to register; the champion stays as it is", dataset)
+        return None
     keys = {key for _, key, _ in registered}
     if len(keys) != 1:
         raise PipelineError(f"variants of {dataset} report different tasks (key metrics {sorted(keys)}); re-run evaluate")
@@ -185,9 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     by_dataset: dict[str, list[str]] = {}
     for name, variant in params.variants.items():
         by_dataset.setdefault(variant.dataset, []).append(name)
+    paths.REGISTER.mkdir(parents=True, exist_ok=True)  # the DVC output, even when no dataset had a model to register
     for dataset, names in by_dataset.items():
         decision = register_dataset(dataset, names, params.review.threshold)
-        files.write_json(paths.register(dataset), _plain(asdict(decision)))
+        if decision is not None:
+            files.write_json(paths.register(dataset), _plain(asdict(decision)))
 
 
 def _plain(decision: dict[str, Any]) -> dict[str, Any]:
