@@ -6,21 +6,23 @@ import importlib
 import logging
 import sys
 
-STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "predict", "report", "stack")
+# the DVC stages in pipeline order, then the commands that are no stages: predict serves, stack runs services
+STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "register", "report")
+COMMANDS = ("predict", "stack")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in STAGES:
-        print(f"usage: python -m pipeline {{{','.join(STAGES)}}} [args]  (got {argv[:1] or 'nothing'})", file=sys.stderr)
+    if not argv or argv[0] not in STAGES + COMMANDS:
+        choices = ",".join(STAGES + COMMANDS)
+        print(f"usage: python -m pipeline {{{choices}}} [args]  (got {argv[:1] or 'nothing'})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     from pipeline.errors import PipelineError
 
     # Import lazily: a stage that does not train must not pay for TensorFlow.
-    # predict serves and stack runs services: they are no stages
-    name = f"pipeline.{argv[0]}" if argv[0] in ("predict", "stack") else f"pipeline.stages.{argv[0]}"
+    name = f"pipeline.{argv[0]}" if argv[0] in COMMANDS else f"pipeline.stages.{argv[0]}"
     module = importlib.import_module(name)
     try:
         module.main(argv[1:])

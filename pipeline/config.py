@@ -498,7 +498,7 @@ class TransferConfig(Section):
 
 
 class ReviewConfig(Section):
-    """The review report (no DVC stage reads it): a metric whose relative change exceeds ``threshold`` is marked."""
+    """A relative change that counts: the review marks a metric moving more, ``register`` moves a champion only by more."""
 
     threshold: number(0, 10)  # relative change, 0.02 = 2 %
 

@@ -52,6 +52,13 @@ def metrics(variant: str) -> Path:
     return METRICS / f"{variant}.json"
 
 
+REGISTER = Path("reports/register")  # <dataset>.json: the register stage's champion decision
+
+
+def register(dataset: str) -> Path:
+    return REGISTER / f"{dataset}.json"
+
+
 PLOTS = Path("reports/plots")  # <kind>/<variant>.csv for DVC's templates, images/<variant>/*.png
 
 

@@ -1,6 +1,12 @@
 """Command ``predict``: run a trained variant on new files.
 
-``python -m pipeline predict --variant NAME [--format table|json] [--output FILE] PATH...``
+``python -m pipeline predict (--variant NAME | --model URI) [--format table|json] [--output FILE] PATH...``
+
+``--variant`` loads ``models/<NAME>/model.keras``; ``--model`` an MLflow model
+the train stage logged, e.g. ``models:/pets@champion`` (the dataset's best,
+:mod:`pipeline.stages.register`), ``models:/pets.lenet5/3`` or
+``runs:/<run id>/model``, from the tracking store (``MLFLOW_TRACKING_URI`` or
+the project's ``mlflow.db``).
 
 * pets (classification): each PATH is an image file or a folder (searched
   recursively, every file whatever its extension). Every file is decoded with
@@ -117,6 +123,40 @@ def load_variant(name: str, models: Path = Path("models")) -> Served:
     except Exception as exc:  # a corrupt or foreign file: one line, not a traceback
         raise PipelineError(f"{folder / 'model.keras'}: cannot load the model: {exc}") from None
     return Served(name, model, tuple(entry.inputs), config["task"], config.get("classes"), size, resize)
+
+
+def load_registered(uri: str) -> Served:
+    """Load the MLflow model at ``uri`` (``models:/<name>@<alias>``, ``runs:/...``) and what its inputs need.
+
+    The variant's config comes from the model's metadata (train logs it
+    there), else from the ``config/config.json`` of the run that logged it.
+    """
+    from pipeline import serving, tracking
+
+    mlflow = tracking._mlflow()
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+        conf = Model.load(str(local / "MLmodel"))
+        config = dict(conf.metadata or {})
+        if "model" not in config:  # logged before the model carried its config
+            config = json.loads(Path(mlflow.artifacts.download_artifacts(f"runs:/{conf.run_id}/config/config.json")).read_text())
+        loaded = serving.load(local)
+    except (MlflowException, OSError, ValueError) as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise PipelineError(f"--model {uri}: cannot load it from {mlflow.get_tracking_uri()}: {why}") from None
+    from pipeline.models import registry
+
+    try:
+        entry = registry.get(config["model"])
+    except KeyError as exc:
+        raise PipelineError(f"--model {uri}: its config names {exc.args[0]}") from None
+    size, resize = preprocessing(config, None)
+    log.info("%s: variant %s (run %s)", uri, config.get("name"), conf.run_id)
+    name = str(config.get("name", uri))
+    return Served(name, loaded.model, tuple(entry.inputs), config["task"], config.get("classes"), size, resize)
 
 
 # --------------------------------------------------------------------------- pets: files
@@ -378,11 +418,13 @@ def render(served: Served, rows: list[dict[str, Any]], fmt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipeline predict --variant NAME [--format table|json] [--output FILE] PATH...``."""
+    """``python -m pipeline predict (--variant NAME | --model URI) [--format table|json] [--output FILE] PATH...``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--variant", required=True, help="a trained variant (a folder under models/ with model.keras)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", help="a trained variant (a folder under models/ with model.keras)")
+    which.add_argument("--model", metavar="URI", help="an MLflow model the train stage logged, e.g. models:/pets@champion")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--output", type=Path, help="write the output to this file instead of stdout")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -390,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    served = load_variant(args.variant)
+    served = load_registered(args.model) if args.model else load_variant(args.variant)
     run = predict_pets if served.task == "binary_classification" else predict_houses
     rows = run(served, args.paths, args.batch_size)
     text = render(served, rows, args.format)

@@ -158,12 +158,27 @@ def data_hash(lock: Path, dataset: str) -> str:
         return "unknown"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store at ``uri`` keeps its artifacts; None: the server decides.
+
+    A server (``http(s)://``) gets no location, so it uses its own default:
+    ``mlflow-artifacts:/``, proxied, which stays valid for every client and
+    never names a path on this machine. A local store (``sqlite:///<dir>/x.db``,
+    a file store) keeps them in ``<dir>/mlartifacts``, beside the store file,
+    not in the folder the first process happened to run in (MLflow's default
+    ``./mlruns``).
+    """
+    scheme, _, rest = uri.partition(":")
+    if scheme == "sqlite" and rest.startswith("///"):
+        return (Path(rest[3:]).resolve().parent / ARTIFACTS).as_uri()
+    return None  # a server's default, a file store's own folder, a database server's --default-artifact-root
+
+
 def _experiment_id(mlflow: Any, name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / ARTIFACTS).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location(mlflow.get_tracking_uri()))
 
 
 def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
@@ -253,7 +268,33 @@ def _pinned(*distributions: str) -> list[str]:
     return []
 
 
-def log_model(run_id: str, model: Any, example: Mapping[str, Any], output: Any, folder: str = "model") -> str:
+# What the logged model's code (the ``pipeline`` package, see :func:`log_model`) imports to load and serve it.
+SERVING_REQUIREMENTS = (("keras",), ("tensorflow", "tensorflow-cpu"), ("numpy",), ("pandas",), ("pydantic",), ("PyYAML",))
+SERVING_LOADER = "pipeline.serving"  # the pyfunc loader module inside the logged code
+
+
+def _bundle_code(path: Path, info: Any) -> None:
+    """Copy the ``pipeline`` package into ``path/code`` and make the pyfunc flavor load through it."""
+    import shutil
+
+    from mlflow.models.model import MLMODEL_FILE_NAME
+    from mlflow.pyfunc import FLAVOR_NAME
+    from mlflow.utils.model_utils import FLAVOR_CONFIG_CODE
+
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, path / "code" / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    info.flavors[FLAVOR_NAME].update({"loader_module": SERVING_LOADER, FLAVOR_CONFIG_CODE: "code"})
+    info.save(str(path / MLMODEL_FILE_NAME))
+
+
+def log_model(
+    run_id: str,
+    model: Any,
+    example: Mapping[str, Any],
+    output: Any,
+    folder: str = "model",
+    metadata: Mapping[str, Any] | None = None,
+) -> str:
     """Log ``model`` as an MLflow model (keras flavor, signature, input example) in the run's ``folder/``; return its URI.
 
     ``example`` is one batch of the model's named inputs (what ``train.model_inputs``
@@ -270,6 +311,15 @@ def log_model(run_id: str, model: Any, example: Mapping[str, Any], output: Any, 
     MLflow's inference (which loads the model again in a subprocess); the
     serving check is not run: Keras's ``predict`` cannot take NumPy string
     arrays (the zip codes), the pipeline feeds them through ``tf.data``.
+
+    Self-contained: the ``pipeline`` package travels in the model's ``code/``
+    folder (MLflow's ``code_paths``, which the keras flavor's ``save_model``
+    lacks) and the pyfunc flavor loads through :data:`SERVING_LOADER`, which
+    registers the project's layers (``SeedCNN``, flip TTA, the log-price
+    output) and feeds the inputs through ``tf.data`` as evaluate does. So
+    ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work from any
+    folder, without the project installed. ``metadata`` (the variant's
+    resolved config) goes into the MLmodel file; ``predict --model`` reads it.
     """
     _mlflow()  # the tracking URI
     import tempfile
@@ -290,8 +340,10 @@ def log_model(run_id: str, model: Any, example: Mapping[str, Any], output: Any, 
             mlflow_model=info,
             signature=signature(example, output),
             input_example=dict(example),
-            pip_requirements=_pinned("keras") + _pinned("tensorflow", "tensorflow-cpu"),
+            pip_requirements=[pin for names in SERVING_REQUIREMENTS for pin in _pinned(*names)],
+            metadata=dict(metadata) if metadata else None,
         )
+        _bundle_code(path, info)
         client.log_artifacts(run_id, str(path), folder)
     client.set_tag(run_id, MLFLOW_LOGGED_MODELS, json.dumps([info.get_tags_dict()]))
     uri = f"runs:/{run_id}/{folder}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.__main__ import STAGES
+from pipeline.__main__ import COMMANDS, STAGES
 from tests.pipeline_project import REPO, edit_params
 
 
@@ -30,7 +30,7 @@ def test_usage(project: Path, args: tuple[str, ...]) -> None:
     assert result.returncode == 2
     lines = error_lines(result)
     assert len(lines) == 1
-    assert lines[0].startswith("usage: python -m pipeline {" + ",".join(STAGES) + "} [args]")
+    assert lines[0].startswith("usage: python -m pipeline {" + ",".join(STAGES + COMMANDS) + "} [args]")
     assert (f"(got ['{args[0]}'])" if args else "(got nothing)") in lines[0]
 
 

@@ -1,7 +1,8 @@
 """Stage ``report``: a leaderboard of every evaluated variant.
 
 Reads ``reports/metrics/<variant>.json`` and writes ``reports/summary.md``
-(one table per task, best first) and ``reports/metrics.json`` (the scalar
+(one table per task, best first, then each dataset's champion decision from
+``reports/register/<dataset>.json``) and ``reports/metrics.json`` (the scalar
 metrics of every variant, for ``dvc metrics show/diff``).
 """
 
@@ -67,6 +68,34 @@ def leaderboard(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _figure(value: Any) -> str:
+    return "-" if value is None else _fmt(float(value))
+
+
+def champions(decisions: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per dataset, the register stage's decision on ``models:/<dataset>@champion`` with both figures."""
+    if not decisions:
+        return ""
+    header = ["dataset", "metric", "challenger", "champion before", "gain", "threshold", "decision", "champion now"]
+    lines = ["## Champions (`models:/<dataset>@champion`)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for dataset, d in sorted(decisions.items()):
+        gain = "-" if d.get("gain") is None else f"{d['gain']:+.2%}"
+        held = f"{d['champion']} (v{d['champion_version']}): {_figure(d['champion_value'])}"
+        before = "none" if d.get("champion") is None else held
+        cells = [
+            dataset,
+            f"{d['metric']} ({'higher' if d['higher_is_better'] else 'lower'} is better)",
+            f"{d['challenger']}: {_figure(d['challenger_value'])}",
+            before,
+            gain,
+            f"{d['threshold']:.2%}",
+            f"{'moved' if d['moved'] else 'kept'}: {d['reason']}",
+            f"version {d['version']}" if d.get("version") else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, ""])
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline report``; with ``--base REV``, the review report (:mod:`pipeline.review`)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline report", description=__doc__)
@@ -92,5 +121,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--head, --format, --output and --rebuild-base go with --base")
     metrics = collect(paths.METRICS)
     files.write_json(paths.METRICS_SUMMARY, scalars(metrics))
-    files.write_text(paths.SUMMARY, leaderboard(metrics))
+    decisions = collect(paths.REGISTER) if paths.REGISTER.is_dir() else {}
+    files.write_text(paths.SUMMARY, "\n".join(filter(None, [leaderboard(metrics), champions(decisions)])))
     log.info("leaderboard of %d variants in %s", len(metrics), paths.SUMMARY)

@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         log_augmentation(run_id, policy, prepared, stats)
     tracking.log_metrics(run_id, {"train_seconds": seconds, "images_per_s": seen / seconds, "parameters": model.count_params()})
     # the MLflow model in the run's model/ folder: model.keras with a signature and an input example
-    tracking.log_model(run_id, model, *mlflow_example(model, registry.get(variant.model).inputs, prepared))
+    # (its metadata: the resolved config, so `predict --model models:/...` knows the inputs and classes)
+    example = mlflow_example(model, registry.get(variant.model).inputs, prepared)
+    tracking.log_model(run_id, model, *example, metadata=json.loads((out / "config.json").read_text()))
     tracking.finish(run_id)
     log.info(
         "%s: %d epochs, %.1f s, %.0f images/s, final %s",
