@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.stack.accounts import Shared
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _shared_experiments() -> list[str]:
-    """The project's experiments every member may write to: one per dataset, and pretraining's."""
-    from pipeline import config, tracking
+def _shared() -> Shared:
+    """What every member may write to: an experiment per dataset and pretraining's, a registered model per dataset and variant."""
+    from pipeline import config, mlflow_registry, tracking
 
-    return [*config.DATASETS, tracking.PRETRAIN_EXPERIMENT]
+    variants = config.load(tracking.project_root() / "params.yaml").variants.values()
+    models = [*config.DATASETS, *(mlflow_registry.variant_name(v.dataset, v.name) for v in variants)]
+    return Shared((*config.DATASETS, tracking.PRETRAIN_EXPERIMENT), tuple(models))
 
 
 def _point_dvc_remote(endpoint: str) -> None:
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.dir or project_root() / ".stack"
     if args.command == "up":
         stack = control.open_stack(root, parse_port_overrides(args.port), args.free_ports, args.workers)
-        control.up(stack, _shared_experiments())
+        control.up(stack, _shared())
         _point_dvc_remote(s3_address(stack.ports))
         print(_table(control.status(stack)))
         print(f"\nsource {stack.layout.env}   # the tracking URI and account, the S3 keys for DVC, the Dask scheduler")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         print(_table(control.status(stack)))
     else:
         uri = tracking_address(stack.ports)
-        password = accounts.add_user(stack.layout, uri, stack.secret, args.name, _shared_experiments())
+        password = accounts.add_user(stack.layout, uri, stack.secret, args.name, _shared())
         print(f"user {args.name} on {uri}\npassword: {password}   (shown once; it is not stored)")
         print(f"export MLFLOW_TRACKING_USERNAME='{args.name}' MLFLOW_TRACKING_PASSWORD='{password}'")
 

@@ -1,10 +1,12 @@
-"""MLflow accounts on the stack's server: users, and their write access to the project's shared experiments.
+"""MLflow accounts on the stack's server: users, and their write access to what the project shares.
 
 basic-auth gives every user READ on what others created (``default_permission``),
 so one member cannot write into another's experiment (403). The project's
-experiments (one per dataset, and pretraining) are created by the admin and
-each member is granted EDIT on them: the whole team logs pipeline runs there,
-while a personal experiment stays its creator's.
+experiments (one per dataset, and pretraining) and registered models (one per
+dataset and one per variant) are created by the admin and each member is
+granted EDIT on them: the whole team logs and registers there, while a
+personal experiment stays its creator's. ``stack up`` shares what a new
+variant or dataset adds.
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
 from pipeline.stack.layout import ADMIN, Layout
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What the whole team writes to: the project's experiments and registered models (names)."""
+
+    experiments: tuple[str, ...]
+    models: tuple[str, ...]
 
 
 @contextmanager
@@ -43,30 +54,34 @@ def members(layout: Layout) -> list[str]:
     return json.loads(layout.users.read_text()) if layout.users.exists() else []
 
 
-def share_experiments(uri: str, secret: Mapping[str, str], names: Iterable[str], users: Iterable[str]) -> dict[str, str]:
-    """Create each shared experiment as the admin if missing, and grant every user EDIT on it; name -> experiment id."""
+def share(uri: str, secret: Mapping[str, str], shared: Shared, users: Iterable[str]) -> None:
+    """Create the project's experiments and registered models as the admin where missing; grant every user EDIT on them."""
     import mlflow
     from mlflow.exceptions import RestException
     from mlflow.server import get_app_client
 
     with as_user(uri, ADMIN, secret["admin_password"]):
         client = mlflow.MlflowClient(uri)
-        ids = {}
-        for name in names:
+        resources = []
+        for name in shared.experiments:
             found = client.get_experiment_by_name(name)
-            ids[name] = found.experiment_id if found else client.create_experiment(name)
+            resources.append(("experiment", found.experiment_id if found else client.create_experiment(name)))
+        existing = {model.name for model in client.search_registered_models(max_results=1000)}
+        for name in shared.models:
+            if name not in existing:
+                client.create_registered_model(name)
+            resources.append(("registered_model", name))
         auth = get_app_client("basic-auth", tracking_uri=uri)
         for user in users:
-            for experiment_id in ids.values():
+            for kind, key in resources:
                 try:
-                    auth.grant_user_permission(user, "experiment", experiment_id, "EDIT")
+                    auth.grant_user_permission(user, kind, key, "EDIT")
                 except RestException as exc:
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # granted by an earlier `up`
                         raise
-    return ids
 
 
-def add_user(layout: Layout, uri: str, secret: Mapping[str, str], name: str, shared: Iterable[str]) -> str:
+def add_user(layout: Layout, uri: str, secret: Mapping[str, str], name: str, shared: Shared) -> str:
     """Create the MLflow account ``name`` with a generated password (returned, never stored) and EDIT on ``shared``."""
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
@@ -81,6 +96,11 @@ def add_user(layout: Layout, uri: str, secret: Mapping[str, str], name: str, sha
             raise PipelineError(f"stack user add {name}: {uri} refused: {exc.message}") from None
     users = sorted({*members(layout), name})
     layout.users.write_text(json.dumps(users) + "\n")
-    share_experiments(uri, secret, shared, [name])
-    log.info("user %s created with EDIT on the experiments %s", name, ", ".join(shared))
+    share(uri, secret, shared, [name])
+    log.info(
+        "user %s created with EDIT on the experiments %s and the registered models %s",
+        name,
+        ", ".join(shared.experiments),
+        ", ".join(shared.models),
+    )
     return password

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,8 +199,8 @@ def _workers_ready(stack: Stack) -> Callable[[], bool]:
     return ready
 
 
-def up(stack: Stack, shared_experiments: Sequence[str]) -> None:
-    """Start what is not running, in order, each awaited; then the buckets, databases, shared experiments and ``env``."""
+def up(stack: Stack, shared: accounts.Shared) -> None:
+    """Start what is not running, in order, each awaited; then the buckets, databases, shared resources and ``env``."""
     postgres, s3, mlflow, scheduler, workers = stack.services()
     _init_postgres(stack)
     procs.start(stack.layout, postgres, _postgres_ready(stack), timeout=60)
@@ -218,7 +218,7 @@ def up(stack: Stack, shared_experiments: Sequence[str]) -> None:
     stack.layout.data("dask").mkdir(parents=True, exist_ok=True)
     procs.start(stack.layout, scheduler, _port_open(stack.ports["dask"]), timeout=60)
     procs.start(stack.layout, workers, _workers_ready(stack), timeout=90)
-    accounts.share_experiments(tracking_address(stack.ports), stack.secret, shared_experiments, accounts.members(stack.layout))
+    accounts.share(tracking_address(stack.ports), stack.secret, shared, accounts.members(stack.layout))
     write_env(stack.layout, client_env(stack.ports, stack.secret))
 
 
