@@ -9,13 +9,12 @@ configured, or it does not answer (no credentials, connection refused, a
 local folder that is not there, a fetch past its time limit), one log line
 says so and everything is rebuilt locally, as without a remote.
 
-``python -m pipeline.review.remote --repro`` is ``make review``'s ``dvc repro``
-of the workspace: with ``--pull`` when the default remote answers.
+``python -m pipeline.review.repro`` (:mod:`.repro`) is ``make review``'s
+``dvc repro`` of the workspace: with ``--pull`` when the default remote answers.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -214,23 +213,3 @@ def sources(
         else:
             out[path] = f"DVC remote {code(remote.name)}"
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.review.remote --repro``: ``dvc repro``, with ``--pull`` when the default remote answers."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.review.remote", description=__doc__)
-    parser.add_argument("--repro", action="store_true", help="run dvc repro (with --pull when the remote answers)")
-    parser.add_argument("--timeout", type=float, default=FETCH_TIMEOUT, help="seconds for the fetch (default: %(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = Path.cwd()
-    remote, problem = usable(root, timeout=args.timeout)
-    log.info("%s", message(remote, problem, "the workspace"))
-    if not args.repro:
-        return 0 if problem is None else 1
-    pull = ["--pull"] if problem is None else []
-    return subprocess.call(["dvc", "repro", *pull], cwd=root)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

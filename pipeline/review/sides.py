@@ -281,7 +281,7 @@ def build_base(root: Path, sha: str, label: str, timeout: float = dvc_remote.FET
     pull = ["--pull"] if remote is not None and problem is None else []
     out = call(["dvc", "repro", *pull], folder)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    log.info("the base %s: %d stages ran (%s)", label, len(ran), ", ".join(sorted(ran)) or "none")
+    log.info("the base %s: stages run: %d (%s)", label, len(ran), ", ".join(sorted(ran)) or "none")
     built = Workspace(folder, f"{label}, rebuilt")
     built.sources = dvc_remote.sources(committed, dvc_remote.lock_outs(_lock(folder)), before, ran, remote if pull else None)
     built.source_note = "" if pull else (f"{remote}: {problem}" if remote is not None else problem or "")
