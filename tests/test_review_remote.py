@@ -216,3 +216,21 @@ def test_unreachable_remote_falls_back_in_seconds(
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "unreachable (connection refused" in done.stderr and "rebuilt" in (repo / "review.md").read_text()
+
+
+# --------------------------------------------------------------------------- the workflow and the Makefile
+
+
+def test_workflow_uses_the_remote_only_when_its_secrets_are_set() -> None:
+    workflow = yaml.safe_load((REPO / ".github/workflows/review.yml").read_text())
+    env = workflow["env"]
+    for secret in ("DVC_REMOTE_URL", "DVC_REMOTE_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[secret] == "${{ secrets." + secret + " }}"
+    steps = {s.get("name"): s for s in workflow["jobs"]["review"]["steps"]}
+    configure = steps["Point DVC at the team remote"]
+    assert configure["if"] == "env.DVC_REMOTE_URL != ''" and "remote add --local --force --default ci" in configure["run"]
+    assert steps["Run the demo pipeline"]["run"] == ".venv/bin/python -m pipeline.review.repro"
+    assert steps["Push main's outputs to the remote"]["if"].startswith("env.DVC_REMOTE_URL != ''")
+    assert "--rebuild-base" in steps["Write the review and post it"]["run"]
+    review_target = (REPO / "Makefile").read_text().split("\nreview: setup")[1].split("\n\n")[0]
+    assert "python -m pipeline.review.repro\n" in review_target and "--rebuild-base" in review_target

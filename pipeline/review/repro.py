@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", remote.message(found, problem, "the workspace"))
     if args.check:
         return 0 if problem is None else 1
-    return subprocess.call(["dvc", "repro", *(["--pull"] if problem is None else [])], cwd=root)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the venv's dvc
+    return subprocess.call(["dvc", "repro", *(["--pull"] if problem is None else [])], cwd=root, env=env)
 
 
 if __name__ == "__main__":
