@@ -157,7 +157,10 @@ def usable(root: Path, folder: Path | None = None, timeout: float = FETCH_TIMEOU
     if remote is None:
         return None, problem
     if folder is not None:
-        configure(folder, remote)
+        try:
+            configure(folder, remote)
+        except Exception as exc:  # noqa: BLE001 - a base whose own config clashes with it: rebuild without
+            return remote, f"not usable in {folder} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     problem = fetch(folder or root, remote, timeout)
     return (remote, None) if problem is None else (remote, problem)
 
