@@ -205,7 +205,10 @@ def test_unreachable_remote_falls_back_in_seconds(
     assert set(result.base_sources.values()) == {remote.REBUILT}
     assert "connection refused" in result.base_source_note and [v.name for v in result.variants if v.changed] == ["lenet5"]
     assert time.perf_counter() - start < 90  # the rebuild of the fake pipeline, not minutes of retries
-    # the CLI, end to end: the same line, no traceback, the report written
+    # the CLI, end to end on another fresh copy (this one's cache now holds the rebuilt base): the line, no traceback
+    repo = fresh_copy(root, tmp_path / "again")
+    sh(repo, "dvc", "remote", "add", "--local", "-d", "down", "s3://dvc")
+    sh(repo, "dvc", "remote", "modify", "--local", "down", "endpointurl", f"http://127.0.0.1:{port}")
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "report", "--base", base, "--rebuild-base", "--output", "review.md"],
         cwd=repo,
