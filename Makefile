@@ -39,14 +39,15 @@ results: setup  ## real-data results at the seed's protocols (needs ../shared/da
 clean:  ## remove generated outputs (keeps the venv, the download cache and MLflow's store)
 	rm -rf data/raw data/validated data/prepared data/stats models reports
 
-# `make review BASE=<rev>`: runs what is missing (`dvc repro`), then compares the workspace with the git
-# revision BASE in reports/review.md; FORMAT=html embeds the plots. BASE's outputs come from the DVC cache or,
-# where it lacks them, are rebuilt in a worktree under .dvc/tmp/review/ (the run cache restores what ran here).
+# `make review BASE=<rev>`: runs what is missing (`dvc repro`, with --pull when the default DVC remote answers),
+# then compares the workspace with the git revision BASE in reports/review.md; FORMAT=html embeds the plots.
+# BASE's outputs come from the DVC cache, else from the remote where it has them; the rest is rebuilt in a
+# worktree under .dvc/tmp/review/ (the run cache restores what ran here). No remote: one log line, no pull.
 FORMAT ?= md
 .PHONY: review
 review: setup  ## review report against a git revision: make review BASE=main [FORMAT=html]
 	@test -n "$(BASE)" || { echo "usage: make review BASE=<git revision> [FORMAT=md|html]" >&2; exit 2; }
-	dvc repro
+	python -m pipeline.review.repro
 	python -m pipeline report --base $(BASE) --rebuild-base --format $(FORMAT) --output reports/review.$(FORMAT)
 
 # `make ui [PORT=5000]`: MLflow's UI on the local store (mlflow.db, mlartifacts/) at http://127.0.0.1:$(PORT);

@@ -4,7 +4,7 @@ Each script runs in its own process, prints its figures and writes
 ``reports/benchmarks/<script>.json``; this collects the headline figures
 (each with the machine it ran on, in ``details``) and checks them against
 the targets of issue 5. ``--skip-demo`` (``make bench QUICK=1``) leaves out
-the ~7-minute demo ``dvc repro`` from clean; a skipped script's figures come
+the scripts that run the demo pipeline (``stage_times``, ``review_remote``); a skipped script's figures come
 from its last JSON, if any, marked ``reused``. Exits 1 if a script failed.
 Usage: ``python -m benchmarks.run_all [--skip-demo] [--only NAME ...]``.
 """
@@ -28,7 +28,9 @@ SCRIPTS: dict[str, dict[str, str]] = {
     "mfu": {"mfu": "mfu"},
     "data_stages": {"validate_images_per_s": "validate_images_per_s", "noop_repro_s": "noop_repro_s"},
     "stage_times": {"demo_repro_s": "total_s"},
+    "review_remote": {"review_with_remote_s": "review_with_remote_s", "review_rebuild_base_s": "review_rebuild_base_s"},
 }
+DEMO = {"stage_times", "review_remote"}  # each runs the demo pipeline: left out by --skip-demo
 TARGETS: dict[str, dict[str, float]] = {
     "input_pipeline_speedup_vs_imagedatagenerator": {"min": 3.0},
     "train_throughput_ratio_vs_bare_fit": {"min": 0.95},
@@ -100,13 +102,15 @@ def table(figures: dict[str, Any], goals: dict[str, Any], details: dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-demo", action="store_true", help="skip stage_times.py (demo dvc repro from clean, ~7 min)")
+    parser.add_argument(
+        "--skip-demo", action="store_true", help="skip stage_times.py and review_remote.py (each runs the demo pipeline)"
+    )
     parser.add_argument(
         "--only", nargs="+", choices=list(SCRIPTS), help="run only these scripts (the others' figures are reused)"
     )
     args = parser.parse_args()
     quiet_env()
-    wanted = [n for n in SCRIPTS if (args.only is None or n in args.only) and not (args.skip_demo and n == "stage_times")]
+    wanted = [n for n in SCRIPTS if (args.only is None or n in args.only) and not (args.skip_demo and n in DEMO)]
     status, seconds = {}, {}
     for name in SCRIPTS:
         if name in wanted:

@@ -75,6 +75,8 @@ class Side:
     images: dict[str, dict[str, bytes]] = field(default_factory=dict)  # variant (or "augmentation") -> name -> PNG
     notes: list[str] = field(default_factory=list)  # what could not be read, outputs older than the params
     missing: list[str] = field(default_factory=list)  # what could not be read (absent from the DVC cache, ...)
+    sources: dict[str, str] = field(default_factory=dict)  # a rebuilt revision's out path -> where it came from
+    source_note: str = ""  # why the DVC remote was not used for it, when it was not
 
     @property
     def variant_names(self) -> list[str]:
@@ -146,6 +148,8 @@ class Review:
     notes: list[str]
     base_images: dict[str, dict[str, bytes]] = field(default_factory=dict)
     head_images: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    base_sources: dict[str, str] = field(default_factory=dict)  # out path -> local DVC cache | DVC remote 'x' | rebuilt
+    base_source_note: str = ""
 
 
 # --------------------------------------------------------------------------- metrics
@@ -355,4 +359,6 @@ def compare(base: Side, head: Side, threshold: float) -> Review:
         notes=[f"{base.label}: {n}" for n in base.notes] + [f"{head.label}: {n}" for n in head.notes],
         base_images=base.images,
         head_images=head.images,
+        base_sources=base.sources,
+        base_source_note=base.source_note,
     )

@@ -181,9 +181,28 @@ def _headline_row(v: VariantReview) -> list[str]:
     return [code(v.name), v.dataset or "", key.name, base_to_head, fmt_delta(key), verdict_text, params_cell]
 
 
+def _provenance(review: Review) -> list[Block]:
+    """Where the base's outputs came from, when it was rebuilt: how many from the cache, the remote, rebuilt (named)."""
+    if not review.base_sources:
+        return []
+    counts: dict[str, list[str]] = {}
+    for path, source in review.base_sources.items():
+        counts.setdefault(source, []).append(path)
+    parts = []
+    for source, outs in sorted(counts.items(), key=lambda item: item[0] == "rebuilt"):
+        if source == "rebuilt":
+            shown = ", ".join(code(o) for o in outs[:6]) + (f" +{len(outs) - 6}" if len(outs) > 6 else "")
+            parts.append(f"{len(outs)} rebuilt ({shown})")
+        else:
+            parts.append(f"{len(outs)} from the {source}")
+    note = f" ({review.base_source_note})" if review.base_source_note else ""
+    return [Para(f"**Base outputs** ({len(review.base_sources)} in its `dvc.lock`): {'; '.join(parts)}{note}.")]
+
+
 def _overview(review: Review) -> list[Block]:
-    """The title, the summary, one headline row per variant, the notes."""
+    """The title, the summary, where the base's outputs came from, one headline row per variant, the notes."""
     blocks: list[Block] = [Heading(2, f"Pipeline review: {code(review.base)} → {code(review.head)}"), _summary(review)]
+    blocks += _provenance(review)
     if review.variants:
         header = ["variant", "dataset", "key metric", "base → head", "delta", "verdict", "params changed"]
         blocks.append(Table(header, [_headline_row(v) for v in review.variants]))

@@ -2,9 +2,10 @@
 
 A revision's ``params.yaml`` comes from git; its generated outputs are
 DVC-tracked, so they are read through :class:`dvc.api.DVCFileSystem` at that
-revision (its ``dvc.lock`` and the local DVC cache). Where the cache lacks them
-(a fresh clone, CI: the cache is empty, and training on another CPU can change
-the last digits of the weights), :func:`build_base` reproduces them in a worktree.
+revision (its ``dvc.lock`` and the local DVC cache only: DVC would try the
+remote for every file, unbounded). Where the cache lacks them (a fresh clone,
+CI), :func:`build_base` takes them from the default DVC remote where it has
+them and reproduces the rest in a worktree (:mod:`.remote`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import yaml
 
 from pipeline import config, paths, tracking
 from pipeline.errors import PipelineError
+from pipeline.review import remote as dvc_remote
 from pipeline.review.diff import MISSING, Side
 from pipeline.review.document import code
 
@@ -42,6 +45,8 @@ class Workspace:
         self.root = root
         self.label = label
         self.notes: list[str] = []
+        self.sources: dict[str, str] = {}  # a rebuilt revision's: out path -> local DVC cache, the remote, rebuilt
+        self.source_note = ""  # why the remote was not used, when it was not
 
     def read(self, path: PurePosixPath | Path) -> bytes | None:
         p = self.root / path
@@ -74,8 +79,11 @@ class Revision:
         except DvcException as exc:
             raise ReviewError(f"{rev!r}: {exc} (a git revision, branch, tag or experiment name of {root.resolve()})") from None
         self.label = self.sha[:7] if self.sha.startswith(rev) else f"{rev} ({self.sha[:7]})"
-        self.fs = DVCFileSystem(repo=str(root), rev=self.sha)
+        # the local cache only: with the default remote down, DVC would retry it for every file (minutes)
+        self.fs = DVCFileSystem(repo=str(root), rev=self.sha, config={"core": {"remote": ""}})
         self.notes: list[str] = []
+        self.sources: dict[str, str] = {}
+        self.source_note = ""
 
     def md5(self, path: PurePosixPath | Path) -> str | None:
         """The md5 dvc.lock records for a tracked file (read from its folder's manifest, not the file)."""
@@ -88,7 +96,11 @@ class Revision:
         key = PurePosixPath(path).as_posix()
         try:
             return self.fs.read_bytes(key)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except FileNotFoundError as exc:
+            if self.fs.exists(key):  # tracked, but its data is in no cache here
+                self.notes.append(f"{code(key)}: {_unreadable(exc)}")
+            return None
+        except (IsADirectoryError, NotADirectoryError):
             return None
         except Exception as exc:  # noqa: BLE001  (a tracked output absent from the local cache, ...)
             self.notes.append(f"{code(key)}: {_unreadable(exc)}")
@@ -222,6 +234,7 @@ def load_side(reader: Reader, images: bool = False) -> Side:
     if not side.metrics:
         notes.append(f"no {code(paths.METRICS.as_posix() + '/*.json')} (run `dvc repro` there)")
     side.missing = notes + reader.notes  # before dvc.lock is read: what the outputs lack
+    side.sources, side.source_note = reader.sources, reader.source_note
     side.notes = side.missing + _stale_notes(reader, side.params)
     return side
 
@@ -234,30 +247,50 @@ def missing_at(root: Path, rev: str) -> list[str]:
 # --------------------------------------------------------------------------- rebuilding a revision
 
 
-def build_base(root: Path, sha: str, label: str) -> Workspace:
-    """Revision ``sha``'s outputs reproduced in a git worktree under ``.dvc/tmp/review/`` on this project's DVC cache.
+def build_base(root: Path, sha: str, label: str, timeout: float = dvc_remote.FETCH_TIMEOUT) -> Workspace:
+    """Revision ``sha``'s outputs in a git worktree under ``.dvc/tmp/review/`` on this project's DVC cache.
 
-    On another machine (a fresh clone, CI) the revision's outputs are not in the
-    cache, and a rerun there matches the hashes of its ``dvc.lock`` only where
-    training gives the same bits on that CPU. ``dvc repro`` in the
-    worktree restores from DVC's run cache every stage that already ran here
-    with the same code, params and data (after ``make run`` at that revision:
-    all of them) and runs the others. The worktree is kept for the next review.
+    First from the default DVC remote when it answers (:func:`.remote.usable`:
+    ``dvc fetch --run-cache``, bounded by ``timeout``), then ``dvc repro`` in
+    the worktree (``--pull`` with the remote) restores or pulls every stage
+    whose outputs are in the cache, the run cache or the remote, and runs the
+    others. Without a remote, DVC's run cache restores every stage that already
+    ran here with the same code, params and data (after ``make run`` at that
+    revision: all of them). A rerun on another CPU matches the committed hashes
+    only where training gives the same bits. The worktree is kept for the next review.
     """
     folder = root / BUILT / sha
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def call(cmd: list[str], cwd: Path) -> None:
+    def call(cmd: list[str], cwd: Path) -> str:
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
         if done.returncode:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise ReviewError(f"rebuilding {label} in {folder}: `{' '.join(cmd)}` failed (exit {done.returncode}):\n{tail}")
+        return done.stdout + done.stderr
 
     if not (folder / ".git").exists():
         shutil.rmtree(folder, ignore_errors=True)
         call(["git", "worktree", "prune"], root)
         call(["git", "worktree", "add", "--detach", str(folder), sha], root)
         call(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], folder)
-    log.info("rebuilding the outputs of %s in %s (dvc repro; the run cache restores what already ran)", label, folder)
-    call(["dvc", "repro"], folder)
-    return Workspace(folder, f"{label}, rebuilt")
+    before = dvc_remote.cached_objects(root / ".dvc" / "cache")
+    committed = dvc_remote.lock_outs(_lock(folder))
+    remote, problem = dvc_remote.usable(root, folder, timeout)
+    log.info("%s", dvc_remote.message(remote, problem, f"the base {label} (in {folder})"))
+    pull = ["--pull"] if remote is not None and problem is None else []
+    out = call(["dvc", "repro", *pull], folder)
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    log.info("the base %s: stages run: %d (%s)", label, len(ran), ", ".join(sorted(ran)) or "none")
+    built = Workspace(folder, f"{label}, rebuilt")
+    built.sources = dvc_remote.sources(committed, dvc_remote.lock_outs(_lock(folder)), before, ran, remote if pull else None)
+    built.source_note = "" if pull else (f"{remote}: {problem}" if remote is not None else problem or "")
+    return built
+
+
+def _lock(folder: Path) -> dict[str, Any]:
+    try:
+        lock = yaml.safe_load((folder / "dvc.lock").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return lock if isinstance(lock, dict) else {}
