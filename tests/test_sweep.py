@@ -1,0 +1,280 @@
+"""Tests for ``python -m pipeline sweep``: parsing, the environment checks, the table; one sweep on real Dask workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import sweep
+from pipeline.errors import PipelineError
+from tests.pipeline_project import REPO
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+SERVER = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+
+
+# --- parsing ---------------------------------------------------------------------------------------------------
+
+
+def test_one_experiment_per_set_its_overrides_split_at_semicolons() -> None:
+    assert sweep.split_overrides("++variants.lenet5.train.learning_rate=0.003", "-S #1") == (
+        "++variants.lenet5.train.learning_rate=0.003",
+    )
+    assert sweep.split_overrides(" train.epochs=2 ;  variants.lenet5.dropout=0.5; ", "-S #1") == (
+        "train.epochs=2",
+        "variants.lenet5.dropout=0.5",
+    )
+    # a comma belongs to the value (a YAML list), as in Hydra
+    assert sweep.split_overrides("params.yaml:prepare.pets.split=[1, 2, 3]; ~review", "x") == (
+        "params.yaml:prepare.pets.split=[1, 2, 3]",
+        "~review",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train.epochs", "-S #2: 'train.epochs' has no '=value'"),
+        ("=3", "-S #2: '=3' is no override"),
+        ("train epochs=3", "-S #2: 'train epochs=3' is no override"),
+        (" ; ", "-S #2: no override in ' ; '"),
+    ],
+)
+def test_a_bad_override_is_named(text: str, message: str) -> None:
+    with pytest.raises(PipelineError, match="^" + message.replace("[", r"\[")):
+        sweep.split_overrides(text, "-S #2")
+
+
+def test_render_writes_values_as_hydra_reads_them() -> None:
+    assert [sweep.render(v) for v in (0.003, 2, "adam", None, True, [1, 2], {"a": 1})] == [
+        "0.003",
+        "2",
+        "adam",
+        "null",
+        "true",
+        "[1, 2]",
+        "{a: 1}",
+    ]
+
+
+def test_a_grid_list_is_one_experiment_per_item() -> None:
+    text = "- {++variants.lenet5.train.learning_rate: 0.003, train.epochs: 2}\n- 'train.epochs=3; ~review'\n"
+    assert sweep.parse_grid(text) == [
+        ("++variants.lenet5.train.learning_rate=0.003", "train.epochs=2"),
+        ("train.epochs=3", "~review"),
+    ]
+
+
+def test_a_grid_mapping_is_the_cartesian_product() -> None:
+    text = "train.learning_rate: [0.01, 0.001]\ntrain.optimizer: [adam, sgd]\ntrain.epochs: 2\n"
+    assert sweep.parse_grid(text) == [
+        ("train.learning_rate=0.01", "train.optimizer=adam", "train.epochs=2"),
+        ("train.learning_rate=0.01", "train.optimizer=sgd", "train.epochs=2"),
+        ("train.learning_rate=0.001", "train.optimizer=adam", "train.epochs=2"),
+        ("train.learning_rate=0.001", "train.optimizer=sgd", "train.epochs=2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- {train.epochs: 2}\n- 42\n", "g.yaml:2: an experiment is a mapping"),
+        ("- {train.epochs: 2}\n- {}\n", "g.yaml:2: an empty experiment"),
+        ("- train.epochs=2\n- 'bad key=1'\n", "g.yaml:2: 'bad key=1' is no override"),
+        ("train.epochs: [1]\ntrain.seed: []\n", "g.yaml:2: train.seed: an empty list of values"),
+        ("- a=1\n- b: c: d\n", "g.yaml:2: not YAML"),
+        ("", "g.yaml: empty"),
+        ("just text", "g.yaml: expected a list of experiments"),
+    ],
+)
+def test_a_bad_grid_names_its_line(text: str, message: str) -> None:
+    with pytest.raises(PipelineError, match="^" + message):
+        sweep.parse_grid(text, "g.yaml")
+
+
+def test_keys_are_checked_against_params_as_hydra_would() -> None:
+    sweep.check_keys([("++variants.lenet5.train.learning_rate=0.1", "train.epochs=2", "~review", "+train.new=1")], PARAMS)
+    with pytest.raises(
+        PipelineError, match=r"^experiment 2: variants\.lenet5\.trian: no such key in params\.yaml \(prefix '\+\+'"
+    ):
+        sweep.check_keys([("train.epochs=2",), ("variants.lenet5.trian=3",)], PARAMS)
+    with pytest.raises(PipelineError, match=r"^experiment 1: train\.epochs: params\.yaml has it already"):
+        sweep.check_keys([("+train.epochs=2",)], PARAMS)
+
+
+def test_experiments_are_named_from_a_prefix() -> None:
+    assert sweep.name_experiments([("a=1",), ("a=2",)], "lr") == [
+        sweep.Experiment("lr-1", ("a=1",)),
+        sweep.Experiment("lr-2", ("a=2",)),
+    ]
+    with pytest.raises(PipelineError, match="^--name 'a b'"):
+        sweep.name_experiments([("a=1",)], "a b")
+
+
+# --- environment -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://127.0.0.1:5000", "https://mlflow.example", "sqlite:////srv/mlflow.db", "postgresql+psycopg2://u@db/mlflow"]
+)
+def test_shared_tracking_stores_are_accepted(uri: str) -> None:
+    assert sweep.check_tracking_uri(uri) == uri
+
+
+@pytest.mark.parametrize("uri", [None, "sqlite:///mlflow.db", "mlruns", "file:///srv/mlruns"])
+def test_a_store_of_its_own_per_worker_is_refused(uri: str | None) -> None:
+    with pytest.raises(PipelineError, match="MLFLOW_TRACKING_URI is not set" if uri is None else f"^MLFLOW_TRACKING_URI='{uri}'"):
+        sweep.check_tracking_uri(uri)
+
+
+def test_the_task_gets_the_tracking_and_remote_credentials_only() -> None:
+    environ = {
+        **SERVER,
+        "MLFLOW_TRACKING_PASSWORD": "p",
+        "AWS_SECRET_ACCESS_KEY": "k",
+        "DVC_NO_ANALYTICS": "1",
+        "HOME": "/root",
+        "PATH": "/bin",
+        "PYTHONHASHSEED": "0",
+    }
+    forwarded = (*SERVER, "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "DVC_NO_ANALYTICS", "PYTHONHASHSEED")
+    assert sweep.task_env(environ) == {k: environ[k] for k in forwarded}
+    with pytest.raises(PipelineError, match="MLFLOW_TRACKING_URI is not set"):
+        sweep.task_env({"AWS_SECRET_ACCESS_KEY": "k"})
+
+
+def test_the_scheduler_comes_from_the_flag_or_the_stack_env() -> None:
+    assert sweep.scheduler_address("tcp://a:1", {"DASK_SCHEDULER_ADDRESS": "tcp://b:2"}) == "tcp://a:1"
+    assert sweep.scheduler_address(None, {"DASK_SCHEDULER_ADDRESS": "tcp://b:2"}) == "tcp://b:2"
+    with pytest.raises(PipelineError, match=r"^no Dask scheduler: pass --scheduler .* DASK_SCHEDULER_ADDRESS"):
+        sweep.scheduler_address(None, {})
+
+
+def test_a_failed_clone_raises_for_dask_to_retry_and_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(sweep.tempfile, "tempdir", None)  # tempfile caches the folder it chose
+    exp = sweep.Experiment("x-1", ("train.epochs=2",))
+    with pytest.raises(RuntimeError, match=r"^x-1: git clone failed\n.*nowhere"):
+        sweep.run_experiment(exp, str(tmp_path / "nowhere"), "0" * 40, SERVER)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- output ----------------------------------------------------------------------------------------------------
+
+
+def outcomes() -> list[sweep.Outcome]:
+    metrics = {"lenet5": {"accuracy": 0.87761, "loss": 0.3}, "mlp_tabular": {"mape": 31.2}, "vgg": {"accuracy": 0.5}}
+    return [
+        sweep.Outcome("s-1", ("++variants.lenet5.train.learning_rate=0.003",), True, 50.2, "w0", metrics),
+        sweep.Outcome("s-2", ("train.epochs=1",), True, 40, "w1", metrics),
+        sweep.Outcome(
+            "s-3", ("++variants.lenet5.train.optimizer=adamx",), False, 11, "w1", error="dvc exp run failed", log_tail="ERROR ..."
+        ),
+    ]
+
+
+def test_the_table_shows_the_named_variants_key_metrics_and_the_failures() -> None:
+    lines = sweep.table(outcomes()).splitlines()
+    assert lines[0].split() == ["experiment", "status", "time", "worker", "overrides", "key", "metrics"]
+    assert lines[1].split()[:5] == ["s-1", "ok", "50", "s", "w0"]
+    assert lines[1].endswith("++variants.lenet5.train.learning_rate=0.003  lenet5 accuracy 0.8776")
+    assert lines[2].endswith("lenet5 accuracy 0.8776, mlp_tabular mape 31.2, vgg accuracy 0.5")  # no variant named: all
+    assert " ".join(lines[3].split()) == "s-3 FAILED 11 s w1 ++variants.lenet5.train.optimizer=adamx dvc exp run failed"
+    assert sweep.failures(outcomes()) == "--- s-3 failed: dvc exp run failed\nERROR ..."
+
+
+def test_main_fails_fast_without_a_shared_store_or_a_scheduler(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    with pytest.raises(PipelineError, match="'sqlite:///mlflow.db': every worker must reach the same store"):
+        sweep.main(["-S", "++variants.lenet5.train.learning_rate=0.003"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    with pytest.raises(PipelineError, match="^no Dask scheduler"):
+        sweep.main(["-S", "++variants.lenet5.train.learning_rate=0.003"])
+    with pytest.raises(PipelineError, match=r"^experiment 1: variants\.lenet5\.train\.learning_rat: no such key"):
+        sweep.main(["-S", "variants.lenet5.train.learning_rat=0.003"])
+    (project / "g.yaml").write_text("- {train.epochs: 2}\n- [1]\n")
+    with pytest.raises(PipelineError, match="^g.yaml:2: an experiment is a mapping"):
+        sweep.main(["--grid", "g.yaml"])
+
+
+def test_the_cli_without_experiments_is_a_usage_error(project: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "sweep"], cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "nothing to run: give -S OVERRIDES" in done.stderr, done.stderr
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_sweep_on_two_dask_workers_lands_in_origin_and_the_tracking_server(tmp_path: Path) -> None:
+    from benchmarks.sweep import Sandbox
+
+    rates = (0.003, 0.0003)
+    box = Sandbox(tmp_path)
+    try:
+        start = time.perf_counter()
+        box.project()
+        uri = box.mlflow()
+        box.baseline()  # the workers pull its outputs and retrain lenet5 only
+        box.scheduler()
+        box.worker("w0"), box.worker("w1")
+        box.wait_workers(2)
+        setup = time.perf_counter() - start
+        sets = [f"++variants.lenet5.train.learning_rate={r}" for r in rates] + ["++variants.lenet5.train.optimizer=adamx"]
+        done = box.sweep("--name", "t", *(arg for s in sets for arg in ("-S", s)))
+        ran = time.perf_counter() - start - setup
+
+        # the failed experiment is reported with its log's tail, the others land
+        assert done.returncode == 1, done.stderr[-3000:]
+        rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+        assert set(rows) == {"t-1", "t-2", "t-3"} and "FAILED" in rows["t-3"], done.stdout
+        assert " ok " in rows["t-1"] and " ok " in rows["t-2"] and "lenet5 accuracy" in rows["t-1"], done.stdout
+        assert "--- t-3 failed: dvc exp run failed" in done.stderr
+        assert "variants.lenet5.train.optimizer: 'adamx' is not one of" in done.stderr
+        assert "ERROR pipeline.sweep: 1 of 3 experiments failed: t-3" in done.stderr
+        assert "[3/3]" in done.stderr  # progress
+        assert list((tmp_path / "tmp").iterdir()) == []  # every task removed its clone
+
+        # any clone sees the experiments, each with its own params and metrics
+        fresh = tmp_path / "fresh"
+        box.sh(tmp_path, "git", "clone", "-q", str(box.origin), str(fresh))
+        box.sh(fresh, sys.executable, "-m", "dvc", "exp", "pull", "origin", "t-1", "t-2")
+        shown = json.loads(box.sh(fresh, sys.executable, "-m", "dvc", "exp", "show", "--json").stdout)
+        exps = {e["name"]: e["revs"][0]["data"] for b in shown for e in b.get("experiments") or []}
+        assert set(exps) == {"t-1", "t-2"}, exps
+        found = {}
+        for name, data in exps.items():
+            rate = data["params"]["params.yaml"]["data"]["variants"]["lenet5"]["train"]["learning_rate"]
+            found[name] = (rate, data["metrics"]["reports/metrics.json"]["data"]["lenet5"]["accuracy"])
+        assert {found["t-1"][0], found["t-2"][0]} == set(rates) and found["t-1"][0] == rates[0]
+        table = {name: float(rows[name].rsplit(" ", 1)[1]) for name in ("t-1", "t-2")}
+        assert {n: round(a, 4) for n, (_, a) in found.items()} == pytest.approx(table, abs=1e-4)
+
+        # and their runs are on the tracking server, evaluated
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("pets").experiment_id], "attributes.run_name = 'lenet5'")
+        logged = {float(r.data.params["train.learning_rate"]): r.data.metrics.get("test_accuracy") for r in runs}
+        assert set(rates) <= set(logged) and all(logged[r] is not None for r in rates), logged
+        print(f"sweep end to end: set-up {setup:.0f} s, sweep of 3 on 2 workers {ran:.0f} s")
+    finally:
+        box.close()
+    assert not [p.pid for p in box.procs if alive(p.pid)]  # no process group is left
