@@ -99,7 +99,7 @@ class Sandbox:
         params["variants"] = {k: params["variants"][k] for k in self.variants}
         params["pretrain"]["epochs"] = 2
         (self.work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        self.sh(self.tmp, "git", "init", "-q", "--bare", str(self.origin))
+        self.sh(self.tmp, "git", "init", "-q", "--bare", "--initial-branch=main", str(self.origin))
         self.sh(self.work, "git", "remote", "set-url", "origin", str(self.origin))
         self.sh(self.work, sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(self.remote))
         self.sh(self.work, "git", "add", "-A")

@@ -250,7 +250,7 @@ def test_a_sweep_on_two_dask_workers_lands_in_origin_and_the_tracking_server(tmp
         assert "variants.lenet5.train.optimizer: 'adamx' is not one of" in done.stderr
         assert "ERROR pipeline.sweep: 1 of 3 experiments failed: t-3" in done.stderr
         assert "[3/3]" in done.stderr  # progress
-        assert list((tmp_path / "tmp").iterdir()) == []  # every task removed its clone
+        assert list((tmp_path / "tmp").glob("pipeline-sweep-*")) == []  # every task removed its clone
 
         # any clone sees the experiments, each with its own params and metrics
         fresh = tmp_path / "fresh"
