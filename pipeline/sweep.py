@@ -397,7 +397,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scheduler", metavar="ADDR", help="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--name", metavar="PREFIX", help="experiments are PREFIX-1, PREFIX-2, ... (default: sweep-<UTC time>)")
     parser.add_argument("--retries", type=int, default=2, help="Dask retries of a task that raised (clone, push)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sets = [split_overrides(text, f"-S #{i}") for i, text in enumerate(args.sets, start=1)]
     if args.grid is not None:
@@ -408,9 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     if not sets:
         parser.error("nothing to run: give -S OVERRIDES (one experiment each) or --grid FILE")
     try:
-        check_keys(sets, yaml.safe_load(args.params.read_text()) or {})
+        check_keys(sets, yaml.safe_load(Path("params.yaml").read_text()) or {})
     except OSError as exc:
-        raise PipelineError(f"{args.params}: {exc.strerror} (run the sweep from the project's root)") from exc
+        raise PipelineError(f"params.yaml: {exc.strerror} (run the sweep from the project's root)") from exc
     prefix = args.name or datetime.now(UTC).strftime("sweep-%Y%m%d-%H%M%S")
     experiments = name_experiments(sets, prefix)
     env = task_env(os.environ)
