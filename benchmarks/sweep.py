@@ -77,10 +77,12 @@ class Sandbox:
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
 
-    def spawn(self, *command: str, log: str) -> subprocess.Popen:
-        """Start ``command`` in its own process group, output into ``tmp/<log>``."""
+    def spawn(self, *command: str, log: str, cwd: Path | None = None, **env: str) -> subprocess.Popen:
+        """Start ``command`` in its own process group (in ``cwd``, default ``tmp``; ``env`` on top), output into ``tmp/<log>``."""
         out = (self.tmp / log).open("w")
-        proc = subprocess.Popen(command, cwd=self.tmp, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=cwd or self.tmp, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(proc)
         return proc
 
@@ -141,12 +143,16 @@ class Sandbox:
         return address
 
     def worker(self, name: str) -> subprocess.Popen:
-        """One Dask worker process (one thread: one experiment at a time), with its nanny, in its own process group."""
+        """One Dask worker process (one thread: one experiment at a time), with its nanny, in its own process group.
+
+        Its tasks' clones go under ``tmp/tmp-<name>`` (its ``TMPDIR``).
+        """
+        (self.tmp / f"tmp-{name}").mkdir(exist_ok=True)
         return self.spawn(
             str(VENV_BIN / "dask"), "worker", self.env["DASK_SCHEDULER_ADDRESS"], "--name", name,
             "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard",
             "--local-directory", str(self.tmp / f"dask-{name}"),
-            log=f"worker-{name}.log",
+            log=f"worker-{name}.log", TMPDIR=str(self.tmp / f"tmp-{name}"),
         )  # fmt: skip
 
     def wait_workers(self, count: int, timeout: float = 60) -> None:
@@ -159,6 +165,10 @@ class Sandbox:
     def sweep(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
         """``python -m pipeline sweep ARGS`` in the project clone (its own code), not checked."""
         return self.sh(self.work, sys.executable, "-m", "pipeline", "sweep", *args, check=False, timeout=timeout)
+
+    def start_sweep(self, *args: str) -> subprocess.Popen:
+        """:meth:`sweep` in the background (its output in ``tmp/sweep.log``), stopped by :meth:`close` if still running."""
+        return self.spawn(sys.executable, "-m", "pipeline", "sweep", *args, log="sweep.log", cwd=self.work)
 
     def _wait(self, proc: subprocess.Popen, ready, what: str, timeout: float) -> None:  # noqa: ANN001 - a predicate
         deadline = time.monotonic() + timeout
