@@ -52,7 +52,7 @@ OVERRIDE = re.compile(
     r"^(?:[\w.-]+\.ya?ml:)?(?P<op>~|\+\+|\+)?(?P<key>[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d+\])*)(?:(?P<eq>=)(?P<value>.*))?$"
 )
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a git ref component, as DVC names experiments
-FORWARD_PREFIXES = ("MLFLOW_", "AWS_", "DVC_", "GIT_AUTHOR_", "GIT_COMMITTER_")
+FORWARD_PREFIXES = ("MLFLOW_", "AWS_", "DVC_", "PIPELINE_", "GIT_AUTHOR_", "GIT_COMMITTER_")
 FORWARD_NAMES = ("GX_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PYTHONHASHSEED", "TF_CPP_MIN_LOG_LEVEL")
 SHARED_DATABASES = ("postgresql", "mysql", "mssql")  # a database server: shared like an HTTP tracking server
 TAIL_LINES = 40
@@ -64,6 +64,16 @@ class Experiment:
 
     name: str
     overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What every task of one sweep starts from: the git remote, the commit, the forwarded environment, DVC's local config."""
+
+    url: str
+    commit: str
+    env: dict[str, str]
+    dvc_local: str = ""  # the client's .dvc/config.local (the DVC remote's endpoint, keys): a clone has none
 
 
 @dataclass
@@ -223,15 +233,21 @@ def _git(root: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def origin(root: Path) -> tuple[str, str]:
-    """(URL of the git remote ``origin``, absolute where it is a local path; the commit of HEAD) of the repository at ``root``."""
+def source(root: Path, env: dict[str, str]) -> Source:
+    """The :class:`Source` of a sweep from the repository at ``root``: ``origin``'s URL (absolute where it is a path), HEAD.
+
+    ``.dvc/config.local`` travels too: ``python -m pipeline stack up`` writes
+    the S3 endpoint there when it differs from the committed one, and DVC
+    remote credentials may live there.
+    """
     url = _git(root, "remote", "get-url", "origin")
     if "://" not in url and not re.match(r"^[\w.-]+@[\w.-]+:", url):  # a local path, relative to the repository
         url = str((root / url).resolve())
     commit = _git(root, "rev-parse", "HEAD")
     if _git(root, "status", "--porcelain", "--untracked-files=no"):
         log.warning("uncommitted changes are not part of the sweep: the workers clone commit %s", commit[:12])
-    return url, commit
+    local = root / ".dvc" / "config.local"
+    return Source(url, commit, env, local.read_text() if local.is_file() else "")
 
 
 # --- the task (runs in a Dask worker) --------------------------------------------------------------------------
@@ -268,25 +284,27 @@ def _worker_name() -> str:
         return socket.gethostname()
 
 
-def run_experiment(exp: Experiment, url: str, commit: str, env: Mapping[str, str]) -> Outcome:
-    """The Dask task: clone ``commit`` of ``url``, pull, ``dvc exp run`` ``exp``, push it to ``origin``; clean up.
+def run_experiment(exp: Experiment, src: Source) -> Outcome:
+    """The Dask task: clone ``src.commit`` of ``src.url``, pull, ``dvc exp run`` ``exp``, push it to ``origin``; clean up.
 
     A failed ``dvc exp run`` is an outcome (ok false, with the log's tail),
     not an exception, so Dask does not retry it; a failed clone or push raises,
     and Dask retries the task (``retries``). The subprocesses run this
-    worker's Python (the venv) with the forwarded ``env`` on top of its own.
+    worker's Python (the venv) with the forwarded ``src.env`` on top of its own.
     """
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-sweep-{exp.name}-"))
     clone, logfile = tmp / "repo", tmp / "sweep.log"
     venv_bin = str(Path(sys.executable).parent)
-    full_env = {**os.environ, **env, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    full_env = {**os.environ, **src.env, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
     dvc = [sys.executable, "-m", "dvc"]
     outcome = Outcome(exp.name, exp.overrides, ok=False, worker=_worker_name())
     try:
-        for command in (["git", "clone", "--quiet", url, str(clone)], ["git", "checkout", "--quiet", "--detach", commit]):
+        for command in (["git", "clone", "--quiet", src.url, str(clone)], ["git", "checkout", "--quiet", "--detach", src.commit]):
             if _step(command, clone if clone.is_dir() else tmp, full_env, logfile):
                 raise RuntimeError(f"{exp.name}: {' '.join(command[:2])} failed\n{tail(logfile)}")
+        if src.dvc_local:
+            (clone / ".dvc" / "config.local").write_text(src.dvc_local)
         if _step(["git", "config", "user.email"], clone, full_env, logfile):  # dvc exp run commits: it needs an identity
             _step(["git", "config", "user.name", "pipeline sweep"], clone, full_env, logfile)
             _step(["git", "config", "user.email", "sweep@localhost"], clone, full_env, logfile)
@@ -320,9 +338,7 @@ def scheduler_address(given: str | None, environ: Mapping[str, str]) -> str:
     return address
 
 
-def sweep(
-    address: str, experiments: Sequence[Experiment], url: str, commit: str, env: Mapping[str, str], retries: int
-) -> list[Outcome]:
+def sweep(address: str, experiments: Sequence[Experiment], src: Source, retries: int) -> list[Outcome]:
     """Submit one task per experiment, log each as it finishes; the outcomes in the experiments' order."""
     from distributed import Client, as_completed
 
@@ -332,9 +348,9 @@ def sweep(
         raise PipelineError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     with client:
         workers = len(client.scheduler_info().get("workers", {}))
-        log.info("%d experiments of commit %s on %d Dask workers at %s", len(experiments), commit[:12], workers, address)
+        log.info("%d experiments of commit %s on %d Dask workers at %s", len(experiments), src.commit[:12], workers, address)
         futures = {
-            client.submit(run_experiment, exp, url, commit, env, key=f"sweep-{exp.name}", retries=retries, pure=False): exp
+            client.submit(run_experiment, exp, src, key=f"sweep-{exp.name}", retries=retries, pure=False): exp
             for exp in experiments
         }
         outcomes: dict[str, Outcome] = {}
@@ -414,8 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     experiments = name_experiments(sets, prefix)
     env = task_env(os.environ)
     address = scheduler_address(args.scheduler, os.environ)
-    url, commit = origin(Path.cwd())
-    outcomes = sweep(address, experiments, url, commit, env, args.retries)
+    outcomes = sweep(address, experiments, source(Path.cwd(), env), args.retries)
     print(table(outcomes))
     failed = [o.name for o in outcomes if not o.ok]
     if failed:

@@ -164,8 +164,30 @@ def test_a_failed_clone_raises_for_dask_to_retry_and_leaves_no_folder(tmp_path: 
     monkeypatch.setattr(sweep.tempfile, "tempdir", None)  # tempfile caches the folder it chose
     exp = sweep.Experiment("x-1", ("train.epochs=2",))
     with pytest.raises(RuntimeError, match=r"^x-1: git clone failed\n.*nowhere"):
-        sweep.run_experiment(exp, str(tmp_path / "nowhere"), "0" * 40, SERVER)
+        sweep.run_experiment(exp, sweep.Source(str(tmp_path / "nowhere"), "0" * 40, SERVER))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_source_is_origin_at_head_with_the_local_dvc_config(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
+    repo = tmp_path / "repo"
+    for command in (["git", "init", "-q", str(repo)], ["git", "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "c"],
+                    ["git", "-C", str(repo), "remote", "add", "origin", "../origin.git"]):  # fmt: skip
+        subprocess.run(command, env=env, check=True)
+    (repo / ".dvc").mkdir()
+    (repo / ".dvc" / "config.local").write_text("['remote \"team\"']\n    endpointurl = http://127.0.0.1:9\n")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    src = sweep.source(repo, SERVER)
+    assert src == sweep.Source(str(tmp_path / "origin.git"), head, SERVER, (repo / ".dvc" / "config.local").read_text())
+    subprocess.run(["git", "-C", str(repo), "remote", "remove", "origin"], check=True)
+    with pytest.raises(PipelineError, match="^git remote get-url origin in .*repo: .*origin"):
+        sweep.source(repo, SERVER)
 
 
 # --- output ----------------------------------------------------------------------------------------------------
@@ -280,6 +302,7 @@ def test_a_sweep_on_dask_workers_lands_in_origin_and_the_tracking_server(tmp_pat
         # any clone sees the experiments, each with its own params and metrics
         fresh = tmp_path / "fresh"
         box.sh(tmp_path, "git", "clone", "-q", str(box.origin), str(fresh))
+        box.sh(fresh, sys.executable, "-m", "dvc", "remote", "modify", "--local", "store", "url", str(box.remote))
         box.sh(fresh, sys.executable, "-m", "dvc", "exp", "pull", "origin", "t-2", "t-3")
         shown = json.loads(box.sh(fresh, sys.executable, "-m", "dvc", "exp", "show", "--json").stdout)
         exps = {e["name"]: e["revs"][0]["data"] for b in shown for e in b.get("experiments") or []}
