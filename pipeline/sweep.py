@@ -14,8 +14,9 @@ from the git remote ``origin``, ``dvc pull``\\ s what the DVC remote has, runs
 ``dvc exp run -n <name> -S ...`` and ``dvc exp push origin <name>``, and
 returns the experiment's metrics and the tail of its log. The worker's clone
 is a temporary folder, so the tracking store must be shared: ``MLFLOW_TRACKING_URI``
-must name a server or an absolute database path; it and the credentials
-(``MLFLOW_*``, ``AWS_*``, ``DVC_*``) travel with the task. The scheduler is
+must name a server or an absolute database path; it, the credentials
+(``MLFLOW_*``, ``AWS_*``, ``DVC_*``, ``PIPELINE_*``) and ``.dvc/config.local``
+travel with the task. The scheduler is
 ``--scheduler`` or ``DASK_SCHEDULER_ADDRESS`` (``.stack/env`` of ``python -m
 pipeline stack up`` sets both). More: docs/sweep.md.
 """
@@ -388,7 +389,16 @@ def table(outcomes: Sequence[Outcome]) -> str:
     rows = [("experiment", "status", "time", "worker", "overrides", "key metrics")]
     for o in outcomes:
         status = "ok" if o.ok else "FAILED"
-        rows.append((o.name, status, f"{o.seconds:.0f} s", o.worker, "; ".join(o.overrides), key_metrics(o) or o.error))
+        rows.append(
+            (
+                o.name,
+                status,
+                f"{o.seconds:.0f} s",
+                o.worker,
+                "; ".join(o.overrides),
+                key_metrics(o) or (o.error.splitlines() or [""])[0],
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -414,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", metavar="PREFIX", help="experiments are PREFIX-1, PREFIX-2, ... (default: sweep-<UTC time>)")
     parser.add_argument("--retries", type=int, default=2, help="Dask retries of a task that raised (clone, push)")
     args = parser.parse_args(argv)
+    if args.retries < 0:
+        parser.error(f"--retries {args.retries}: 0 or more")
     sets = [split_overrides(text, f"-S #{i}") for i, text in enumerate(args.sets, start=1)]
     if args.grid is not None:
         try:

@@ -211,6 +211,8 @@ def test_the_table_shows_the_named_variants_key_metrics_and_the_failures() -> No
     assert lines[1].endswith("++variants.lenet5.train.learning_rate=0.003  lenet5 accuracy 0.8776")
     assert lines[2].endswith("lenet5 accuracy 0.8776, mlp_tabular mape 31.2, vgg accuracy 0.5")  # no variant named: all
     assert " ".join(lines[3].split()) == "s-3 FAILED 11 s w1 ++variants.lenet5.train.optimizer=adamx dvc exp run failed"
+    raised = sweep.Outcome("s-4", ("a=1",), False, error="RuntimeError: s-4: git clone failed\n$ git clone ...")
+    assert sweep.table([raised]).splitlines()[1].endswith("a=1        RuntimeError: s-4: git clone failed")
     assert sweep.failures(outcomes()) == "--- s-3 failed: dvc exp run failed\nERROR ..."
 
 
