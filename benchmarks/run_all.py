@@ -3,9 +3,10 @@
 Each script runs in its own process, prints its figures and writes
 ``reports/benchmarks/<script>.json``; this collects the headline figures
 (each with the machine it ran on, in ``details``) and checks them against
-the targets of issue 5. ``--skip-demo`` (``make bench QUICK=1``) leaves out
-the scripts that run the demo pipeline (``stage_times``, ``review_remote``); a skipped script's figures come
-from its last JSON, if any, marked ``reused``. Exits 1 if a script failed.
+the targets of issues 5 and 14. ``--skip-demo`` (``make bench QUICK=1``)
+leaves out the scripts that run the demo pipeline (``stage_times``,
+``review_remote``, ``sweep``); a skipped script's figures come from its
+last JSON, if any, marked ``reused``. Exits 1 if a script failed.
 Usage: ``python -m benchmarks.run_all [--skip-demo] [--only NAME ...]``.
 """
 
@@ -30,13 +31,15 @@ SCRIPTS: dict[str, dict[str, str]] = {
     "stage_times": {"demo_repro_s": "total_s"},
     "review_remote": {"review_with_remote_s": "review_with_remote_s", "review_rebuild_base_s": "review_rebuild_base_s"},
     "tracking_server": {"train_throughput_ratio_server_vs_sqlite": "train_throughput_ratio_server_vs_sqlite"},
+    "sweep": {"sweep_speedup_2_vs_1": "sweep_speedup_2_vs_1", "sweep_2_workers_s": "sweep_2_workers_s"},
 }
-DEMO = {"stage_times", "review_remote"}  # each runs the demo pipeline: left out by --skip-demo
+DEMO = {"stage_times", "review_remote", "sweep"}  # each runs the demo pipeline: left out by --skip-demo
 TARGETS: dict[str, dict[str, float]] = {
     "input_pipeline_speedup_vs_imagedatagenerator": {"min": 3.0},
     "train_throughput_ratio_vs_bare_fit": {"min": 0.95},
     "mfu": {"min": 0.65},
     "train_throughput_ratio_server_vs_sqlite": {"min": 0.95},
+    "sweep_speedup_2_vs_1": {"min": 1.7},  # issue 14: 4 demo experiments, 2 Dask workers vs 1, on 2 cores
 }
 SUMMARY = REPO / "reports" / "benchmarks.json"
 
@@ -105,7 +108,9 @@ def table(figures: dict[str, Any], goals: dict[str, Any], details: dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--skip-demo", action="store_true", help="skip stage_times.py and review_remote.py (each runs the demo pipeline)"
+        "--skip-demo",
+        action="store_true",
+        help="skip stage_times.py, review_remote.py and sweep.py (each runs the demo pipeline)",
     )
     parser.add_argument(
         "--only", nargs="+", choices=list(SCRIPTS), help="run only these scripts (the others' figures are reused)"

@@ -6,9 +6,10 @@ import importlib
 import logging
 import sys
 
-# the DVC stages in pipeline order, then the commands that are no stages: predict serves, stack runs services
+# the DVC stages in pipeline order, then the commands that are no stages: predict serves, stack runs services,
+# sweep fans experiments out over Dask
 STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "register", "report")
-COMMANDS = ("predict", "stack")
+COMMANDS = ("predict", "stack", "sweep")
 
 
 def main(argv: list[str] | None = None) -> int:
