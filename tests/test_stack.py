@@ -99,9 +99,19 @@ def test_servers_bind_loopback_only(tmp_path: Path) -> None:
     assert server.argv[server.argv.index("--app-name") + 1] == "basic-auth"
     assert server.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert server.env["MLFLOW_S3_ENDPOINT_URL"] == f"http://127.0.0.1:{PORTS['s3']}"
-    for dask in (services.dask_scheduler(PORTS), services.dask_workers(layout, PORTS, 3, {})):
+    for dask in (services.dask_scheduler(PORTS), services.dask_workers(layout, PORTS, 3)):
         assert dask.argv[dask.argv.index("--host") + 1] == "127.0.0.1"
-    assert "--nworkers" in services.dask_workers(layout, PORTS, 3, {}).argv
+    assert "--nworkers" in services.dask_workers(layout, PORTS, 3).argv
+
+
+def test_workers_share_the_cores_out() -> None:
+    assert services.thread_env(2, cores=2) == {
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    assert services.thread_env(1, cores=2)["TF_NUM_INTRAOP_THREADS"] == "2"
+    assert services.thread_env(3, cores=2)["OMP_NUM_THREADS"] == "1"  # never 0
 
 
 def test_accounts_default_to_read_only() -> None:

@@ -11,6 +11,7 @@ it started is gone.
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
 import re
@@ -26,9 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.clones import link_venv, sh, working_tree_clone
+from tests.clones import edit, link_venv, sh, working_tree_clone
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not glob.glob("/usr/lib/postgresql/*/bin/postgres"), reason="PostgreSQL is not installed (apt-get install postgresql)"
+    ),
+]
 VARIANTS = ("lenet5", "mlp_tabular")
 
 
@@ -134,6 +140,48 @@ def test_bob_pulls_in_sync_and_reports_without_training(team: Team) -> None:
     out = sh(bob, "python", "-m", "pipeline", "report", "--base", "HEAD", env=team.env("bob"))
     assert "Running stage" not in out and _sql(team, "select count(*) from runs") == before
     assert (bob / "reports" / "summary.md").exists()
+
+
+def test_a_review_takes_the_base_from_the_remote(team: Team) -> None:
+    """Bob, on a second machine with an empty cache, changes lenet5: the base comes from the remote, only lenet5 trains."""
+    clone = team.root / "bob2"
+    sh(team.root, "git", "clone", "-q", str(team.origin), str(clone))
+    link_venv(clone)
+    sh(clone, "dvc", "remote", "modify", "--local", "team", "endpointurl", team.env()["PIPELINE_S3_ENDPOINT"])
+    edit(clone, lambda raw: raw["variants"]["lenet5"]["train"].update(learning_rate=0.003))
+    sh(clone, "git", "commit", "-q", "-am", "lenet5 lr 0.003")
+    out = sh(clone, "make", "review", "BASE=HEAD~1", env=team.env("bob"), timeout=1200)
+    md = (clone / "reports" / "review.md").read_text()
+    assert "**1 of 2 variants changed**" in md and "| `variants.lenet5.train.learning_rate` | 0.001 | 0.003 |" in md
+    base = next(line for line in md.splitlines() if line.startswith("**Base outputs**"))
+    assert "from the DVC remote" in base and "`models/" not in base.split("rebuilt")[-1], base
+    trained = re.findall(r"Running stage '(train@\w+)'", out)
+    assert trained == ["train@lenet5"], trained  # the head's one change; nothing of the base
+
+
+def test_bob_sweeps_two_experiments_on_the_stack_workers(team: Team) -> None:
+    bob = team.root / "bob"
+    rates = ("0.003", "0.0003")
+    overrides = [a for rate in rates for a in ("-S", f"++variants.lenet5.train.learning_rate={rate}")]
+    out = sh(bob, "python", "-m", "pipeline", "sweep", *overrides, "--name", "lr", env=team.env("bob"), timeout=1500)
+    assert "FAILED" not in out and "lr-1" in out and "lr-2" in out, out[-3000:]  # exit 0 checked by sh
+    alice = team.root / "alice"
+    sh(alice, "dvc", "exp", "pull", "origin", "lr-1", "lr-2", env=team.env("alice"))
+    shown = json.loads(sh(alice, "dvc", "exp", "show", "--json", env=team.env("alice")))
+    landed = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            rate = data["params"]["params.yaml"]["data"]["variants"]["lenet5"]["train"]["learning_rate"]
+            landed[exp["revs"][0]["name"]] = (rate, data["metrics"]["reports/metrics/lenet5.json"]["data"]["accuracy"])
+    assert {name: rate for name, (rate, _) in landed.items()} == {"lr-1": 0.003, "lr-2": 0.0003}, landed
+    logged = _sql(
+        team,
+        "select count(distinct r.run_uuid) from runs r join params p on p.run_uuid = r.run_uuid "
+        "and p.key = 'train.learning_rate' and p.value in ('0.003', '0.0003') "
+        "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_accuracy' where r.name = 'lenet5'",
+    )
+    assert logged >= 2  # both experiments' runs, evaluated, on the server
 
 
 def test_accounts_protect_what_is_theirs(team: Team) -> None:

@@ -54,7 +54,7 @@ class Stack:
             services.s3(self.layout, self.ports),
             services.mlflow(self.layout, self.ports, self.secret),
             services.dask_scheduler(self.ports),
-            services.dask_workers(self.layout, self.ports, self.workers, {}),
+            services.dask_workers(self.layout, self.ports, self.workers),
         ]
 
 

@@ -184,8 +184,18 @@ def dask_scheduler(ports: Mapping[str, int]) -> Service:
     return Service("dask", [*argv, "--no-dashboard"], (ports["dask"],), binary="dask")
 
 
-def dask_workers(layout: Layout, ports: Mapping[str, int], workers: int, env: Mapping[str, str]) -> Service:
-    """``workers`` single-threaded worker processes (one experiment each at a time), with the clients' environment."""
+def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
+    """TensorFlow's and OpenMP's pool sizes for one of ``workers`` processes sharing the cores: no oversubscription.
+
+    Left alone, each experiment's TensorFlow sizes its pools to every core, and
+    two experiments on two cores each run twice the threads there are cores.
+    """
+    share = str(max(1, (cores or os.cpu_count() or 1) // max(1, workers)))
+    return {"TF_NUM_INTRAOP_THREADS": share, "TF_NUM_INTEROP_THREADS": share, "OMP_NUM_THREADS": share}
+
+
+def dask_workers(layout: Layout, ports: Mapping[str, int], workers: int) -> Service:
+    """``workers`` worker processes of one thread each (one experiment at a time), the cores shared out between them."""
     argv = [
         str(Path(sys.executable).parent / "dask"),
         "worker",
@@ -200,4 +210,4 @@ def dask_workers(layout: Layout, ports: Mapping[str, int], workers: int, env: Ma
         "--local-directory",
         str(layout.data("dask")),
     ]
-    return Service("dask_workers", argv, (), env=dict(env), cwd=layout.data("dask"), binary="dask")
+    return Service("dask_workers", argv, (), env=thread_env(workers), cwd=layout.data("dask"), binary="dask")
