@@ -8,44 +8,17 @@ short pretrain so that it takes minutes, not the full run's seven.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.clones import edit, sh, working_tree_clone
+
 VARIANTS = ("lenet5", "mlp_tabular")
 
 pytestmark = pytest.mark.slow
-
-
-def sh(cwd: Path, *command: str, timeout: int = 900) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@example.com",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@example.com",
-    )
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, (
-        f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    )
-    return done.stdout + done.stderr
-
-
-def edit(root: Path, change) -> None:  # noqa: ANN001 - a function of the parsed params
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    change(raw)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def runs(root: Path) -> list[tuple[str, str]]:
@@ -59,30 +32,9 @@ def runs(root: Path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone at a small-variant base commit, then a commit that sets lenet5's learning rate 0.001 -> 0.003."""
-    root = tmp_path_factory.mktemp("fresh") / "clone"
-    sh(REPO, "git", "clone", "-q", str(REPO), str(root))
-    listed = sh(REPO, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-    for name in filter(None, listed):  # the working tree under test, not only its last commit
-        src, dst = REPO / name, root / name
-        if src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-        elif dst.exists():
-            dst.unlink()
-
-    def small(raw: dict) -> None:
-        raw["variants"] = {k: raw["variants"][k] for k in VARIANTS}
-        raw["pretrain"]["epochs"] = 2
-
-    edit(root, small)
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-q", "-m", "small variant set")
+    root = working_tree_clone(tmp_path_factory.mktemp("fresh") / "clone", VARIANTS)
     edit(root, lambda raw: raw["variants"]["lenet5"].update(train={"learning_rate": 0.003}))
     sh(root, "git", "commit", "-q", "-am", "lenet5 lr 0.003")
-    (root / ".venv").symlink_to(Path(sys.prefix))  # `make` finds its virtualenv set up...
-    stamp = min((p.stat().st_mtime for p in Path(sys.prefix).glob(".installed-*")), default=0)
-    for name in ("requirements.txt", "pyproject.toml"):  # ...and older than the clone's files: no reinstall into it
-        os.utime(root / name, (stamp - 1, stamp - 1))
     return root
 
 

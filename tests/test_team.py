@@ -148,7 +148,7 @@ def test_a_review_takes_the_base_from_the_remote(team: Team) -> None:
     sh(team.root, "git", "clone", "-q", str(team.origin), str(clone))
     link_venv(clone)
     sh(clone, "dvc", "remote", "modify", "--local", "team", "endpointurl", team.env()["PIPELINE_S3_ENDPOINT"])
-    edit(clone, lambda raw: raw["variants"]["lenet5"]["train"].update(learning_rate=0.003))
+    edit(clone, lambda raw: raw["variants"]["lenet5"].update(train={"learning_rate": 0.003}))
     sh(clone, "git", "commit", "-q", "-am", "lenet5 lr 0.003")
     out = sh(clone, "make", "review", "BASE=HEAD~1", env=team.env("bob"), timeout=1200)
     md = (clone / "reports" / "review.md").read_text()
