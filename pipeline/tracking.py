@@ -83,7 +83,12 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
 
     uri = tracking_uri(start)
     check_server(uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    chosen = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow also exports the URI for child processes: a later call with another ``start`` would then read it as the
+    # user's choice, and every subprocess (a DVC stage of another project) would log here. Keep the user's setting only.
+    if chosen is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return mlflow
 
 

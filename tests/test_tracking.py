@@ -57,3 +57,15 @@ def test_explicit_uri_wins_and_outside_git_the_folder_is_the_root(tmp_path: Path
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
     assert tracking.tracking_uri() == "http://127.0.0.1:5001"
+
+
+def test_the_default_store_is_not_exported_to_child_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; a DVC stage run later from here (another project) would log
+    # into this store, and a later call with another folder would take it for the user's choice
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow = tracking._mlflow(tmp_path)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/chosen.db")
+    tracking._mlflow(tmp_path)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/chosen.db"  # the user's setting stays

@@ -143,6 +143,9 @@ def auth_ini(ports: Mapping[str, int], secret: Mapping[str, str]) -> str:
         f"admin_username = {ADMIN}\n"
         f"admin_password = {secret['admin_password']}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a password check is a PBKDF2 hash (~0.3 s a request on 2 cores): remember a good one for a minute, so an
+        # epoch's logging is not dominated by it; a changed password reaches the other worker within that minute
+        "auth_cache_ttl_seconds = 60\n"
     )
 
 
