@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
+import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -52,10 +53,11 @@ def _point_dvc_remote(endpoint: str) -> None:
     if not (root / ".dvc").is_dir():
         return
     committed = subprocess.run(
-        ["dvc", "config", "--project", "remote.team.endpointurl"], cwd=root, capture_output=True, text=True
+        [sys.executable, "-m", "dvc", "config", "--project", "remote.team.endpointurl"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
     if committed != endpoint:
-        subprocess.run(["dvc", "remote", "modify", "--local", "team", "endpointurl", endpoint], cwd=root, check=True)
+        dvc = [sys.executable, "-m", "dvc"]  # the venv's, whether or not it is on PATH
+        subprocess.run([*dvc, "remote", "modify", "--local", "team", "endpointurl", endpoint], cwd=root, check=True)
         log.info("DVC remote 'team' -> %s (in %s)", endpoint, root / ".dvc" / "config.local")
 
 

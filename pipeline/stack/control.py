@@ -97,7 +97,7 @@ def _init_postgres(stack: Stack) -> None:
     if (data / "PG_VERSION").exists():
         return
     data.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0 and subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(data.parent)]).returncode:
+    if os.geteuid() == 0 and subprocess.run(services.as_postgres_user(["test", "-x", str(data.parent)])).returncode:
         raise PipelineError(
             f"PostgreSQL runs as the 'postgres' account, which cannot reach {data.parent} (a folder above it is private): "
             "put the stack in a folder others may traverse (`stack --dir DIR up`)"

@@ -52,7 +52,8 @@ def postgres_bindir() -> Path:
 
 def as_postgres_user(argv: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` account."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # root's PATH has /usr/sbin; a bare environment may not
+    return [runuser, "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
 def initdb_argv(bindir: Path, data: Path, password_file: Path) -> list[str]:
