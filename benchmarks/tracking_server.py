@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, quiet_env, write_figures
 from benchmarks.train_loop import log_metrics_s, stage_rate, variant, write_prepared
+from pipeline.stack.layout import read_env
 
 
 def _stack(folder: Path, *args: str) -> str:
@@ -49,7 +49,7 @@ def main() -> None:
     root.chmod(0o755)
     try:
         _stack(root / "stack", "up", "--free-ports", "--workers", "1")
-        server = dict(re.findall(r"^export (\w+)='([^']*)'$", (root / "stack" / "env").read_text(), re.M))
+        server = read_env(root / "stack" / "env")
         sqlite = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
         prepared = write_prepared(root, args.image_size)
         rates: dict[str, list[float]] = {"sqlite": [], "server": []}

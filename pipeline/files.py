@@ -28,18 +28,19 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename.
 
     The temporary file's name is unique, so concurrent writers of one path
-    never share it: each rename is whole, and the last one wins.
+    never share it: each rename is whole, and the last one wins. ``mode``
+    applies from the first byte (0o600 keeps a secret private throughout).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
-        os.chmod(name, 0o644)  # mkstemp's 0600 would make outputs unreadable to others
+        os.chmod(name, mode)  # mkstemp creates 0600
         os.replace(name, path)
     except BaseException:
         Path(name).unlink(missing_ok=True)

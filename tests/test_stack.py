@@ -21,6 +21,7 @@ import pytest
 from pipeline import tracking
 from pipeline.errors import PipelineError
 from pipeline.stack import procs, services
+from pipeline.stack.control import open_stack
 from pipeline.stack.layout import (
     DEFAULT_PORTS,
     Layout,
@@ -28,6 +29,7 @@ from pipeline.stack.layout import (
     free_port,
     load_secrets,
     parse_port_overrides,
+    read_env,
     resolve_ports,
     write_env,
 )
@@ -52,16 +54,15 @@ def test_port_overrides_parse_and_name_bad_ones() -> None:
 
 
 def test_ports_are_chosen_once_and_kept(tmp_path: Path) -> None:
-    layout = Layout(tmp_path / "stack")
-    first = resolve_ports(layout, {"mlflow": 5999}, free=True)
+    first = open_stack(tmp_path / "stack", {"mlflow": 5999}, free=True).ports
     assert first["mlflow"] == 5999 and set(first) == set(DEFAULT_PORTS)
-    assert resolve_ports(layout, {}, free=False) == first  # a restart keeps every address, free or not
-    assert resolve_ports(Layout(tmp_path / "other"), {}, free=False) == DEFAULT_PORTS
+    assert open_stack(tmp_path / "stack").ports == first  # a restart keeps every address, free or not
+    assert open_stack(tmp_path / "other").ports == DEFAULT_PORTS
 
 
-def test_two_services_on_one_port_fail(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="two services share a port"):
-        resolve_ports(Layout(tmp_path), {"mlflow": DEFAULT_PORTS["s3"]}, free=False)
+def test_two_services_on_one_port_fail() -> None:
+    with pytest.raises(PipelineError, match="two services of the stack would share a port"):
+        resolve_ports(None, {"mlflow": DEFAULT_PORTS["s3"]}, free=False)
 
 
 def test_secrets_are_generated_once_owner_only(tmp_path: Path) -> None:
@@ -83,6 +84,7 @@ def test_env_file_exports_what_clients_need(tmp_path: Path) -> None:
     assert f"export DASK_SCHEDULER_ADDRESS='tcp://127.0.0.1:{PORTS['dask']}'" in text
     shell = subprocess.run(["bash", "-c", f"source {layout.env} && echo $AWS_ACCESS_KEY_ID"], capture_output=True, text=True)
     assert shell.stdout.strip() == "AK"
+    assert read_env(layout.env) == client_env(PORTS, SECRET)
 
 
 def test_servers_bind_loopback_only(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.stack.layout import read_env
 from tests.clones import edit, link_venv, sh, working_tree_clone
 
 pytestmark = [
@@ -52,8 +53,7 @@ class Team:
 
     def env(self, user: str | None = None) -> dict[str, str]:
         """``.stack/env`` as a dict, with ``user``'s account instead of the admin's."""
-        text = (self.stack / "env").read_text()
-        env = dict(re.findall(r"^export (\w+)='([^']*)'$", text, re.M))
+        env = read_env(self.stack / "env")
         if user:
             env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=self.passwords[user])
         return env

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pipeline import files
 from pipeline.errors import PipelineError
 from pipeline.stack.layout import ADMIN, Layout
 
@@ -95,7 +96,7 @@ def add_user(layout: Layout, uri: str, secret: Mapping[str, str], name: str, sha
         except MlflowException as exc:
             raise PipelineError(f"stack user add {name}: {uri} refused: {exc.message}") from None
     users = sorted({*members(layout), name})
-    layout.users.write_text(json.dumps(users) + "\n")
+    files.write_json(layout.users, users)
     share(uri, secret, shared, [name])
     log.info(
         "user %s created with EDIT on the experiments %s and the registered models %s",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import files
 from pipeline.errors import PipelineError
 from pipeline.stack import accounts, procs, services
 from pipeline.stack.layout import (
@@ -64,10 +65,10 @@ def open_stack(root: Path, overrides: Mapping[str, int] | None = None, free: boo
     ``workers`` (default: as last time, else 2) is how many Dask worker processes ``up`` starts.
     """
     layout = Layout(root)
-    ports = resolve_ports(layout, overrides or {}, free)
-    saved = json.loads(layout.config.read_text())
+    saved = json.loads(layout.config.read_text()) if layout.config.exists() else {}
+    ports = resolve_ports(saved.get("ports"), overrides or {}, free)
     workers = workers or saved.get("workers", 2)
-    layout.config.write_text(json.dumps({**saved, "workers": workers}, indent=2) + "\n")
+    files.write_json(layout.config, {"ports": ports, "workers": workers})
     return Stack(layout, ports, load_secrets(layout), workers)
 
 
@@ -205,15 +206,10 @@ def up(stack: Stack, shared: accounts.Shared) -> None:
     _init_postgres(stack)
     procs.start(stack.layout, postgres, _postgres_ready(stack), timeout=60)
     _create_databases(stack)
-    stack.layout.data("s3").mkdir(parents=True, exist_ok=True)
-    (stack.layout.data("s3") / "s3.json").write_text(json.dumps(services.s3_identities(stack.secret)))
-    os.chmod(stack.layout.data("s3") / "s3.json", 0o600)
+    files.write_text(stack.layout.data("s3") / "s3.json", json.dumps(services.s3_identities(stack.secret)), mode=0o600)
     procs.start(stack.layout, s3, _s3_ready(stack), timeout=60)
     _create_buckets(stack)
-    stack.layout.data("mlflow").mkdir(parents=True, exist_ok=True)
-    ini = stack.layout.data("mlflow") / "basic_auth.ini"
-    ini.write_text(services.auth_ini(stack.ports, stack.secret))
-    os.chmod(ini, 0o600)
+    files.write_text(stack.layout.data("mlflow") / "basic_auth.ini", services.auth_ini(stack.ports, stack.secret), mode=0o600)
     procs.start(stack.layout, mlflow, _http_ok(tracking_address(stack.ports) + "/health"), timeout=120)
     stack.layout.data("dask").mkdir(parents=True, exist_ok=True)
     procs.start(stack.layout, scheduler, _port_open(stack.ports["dask"]), timeout=60)

@@ -10,13 +10,14 @@ and each service's data folder.
 from __future__ import annotations
 
 import json
-import os
+import re
 import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import files
 from pipeline.errors import PipelineError
 
 # Loopback ports used unless `stack up --free-ports` or `--port NAME=N` says otherwise. The S3 port is the one the
@@ -97,26 +98,18 @@ def parse_port_overrides(items: list[str]) -> dict[str, int]:
     return out
 
 
-def resolve_ports(layout: Layout, overrides: Mapping[str, int], free: bool) -> dict[str, int]:
-    """The stack's ports: those saved at its first start, else defaults (or free ones), with ``overrides`` on top; saved."""
-    saved = json.loads(layout.config.read_text())["ports"] if layout.config.exists() else None
+def resolve_ports(saved: Mapping[str, int] | None, overrides: Mapping[str, int], free: bool) -> dict[str, int]:
+    """The stack's ports: those ``saved`` at its first start, else defaults (or free ones), with ``overrides`` on top."""
     ports = dict(saved or ({name: free_port() for name in DEFAULT_PORTS} if free else DEFAULT_PORTS))
     ports.update(overrides)
     if len(set(ports.values())) != len(ports):
-        raise PipelineError(f"{layout.config}: two services share a port: {ports}")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    layout.config.write_text(json.dumps({"ports": ports}, indent=2) + "\n")
+        raise PipelineError(f"two services of the stack would share a port: {ports}")
     return ports
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` readable by the owner only, from the first byte on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
+def read_env(path: Path) -> dict[str, str]:
+    """The variables an env file written by :func:`write_env` exports."""
+    return dict(re.findall(r"^export (\w+)='([^']*)'$", path.read_text(), re.M))
 
 
 def load_secrets(layout: Layout) -> dict[str, str]:
@@ -130,7 +123,7 @@ def load_secrets(layout: Layout) -> dict[str, str]:
         "flask_secret_key": secrets.token_hex(32),
         "admin_password": secrets.token_urlsafe(18),
     }
-    _write_private(layout.secrets, json.dumps(values, indent=2) + "\n")
+    files.write_text(layout.secrets, json.dumps(values, indent=2) + "\n", mode=0o600)
     return values
 
 
@@ -163,4 +156,4 @@ def write_env(layout: Layout, env: Mapping[str, str]) -> None:
     """``.stack/env``: one ``export`` line per variable (mode 0600: it holds the admin password and the S3 keys)."""
     lines = ["# written by `python -m pipeline stack up`; `source` it (members: your own account in MLFLOW_TRACKING_*)"]
     lines += [f"export {key}='{value}'" for key, value in env.items()]
-    _write_private(layout.env, "\n".join(lines) + "\n")
+    files.write_text(layout.env, "\n".join(lines) + "\n", mode=0o600)
