@@ -55,10 +55,10 @@ review: setup  ## review report against a git revision: make review BASE=main [F
 PORT ?= 5000
 .PHONY: ui
 ui: setup  ## MLflow UI on the local tracking store, or the team server's when MLFLOW_TRACKING_URI names one: make ui [PORT=5000]
-	@case "$$MLFLOW_TRACKING_URI" in http*) python -m pipeline.tracking "$$MLFLOW_TRACKING_URI"; \
+	@case "$$MLFLOW_TRACKING_URI" in http*) python -m pipeline tracking urls "$$MLFLOW_TRACKING_URI"; \
 		echo "the team server serves this UI at $$MLFLOW_TRACKING_URI (log in with your account)"; exit 0;; esac; \
-	python -m pipeline.tracking http://127.0.0.1:$(PORT) && \
-	mlflow ui --backend-store-uri "$$(python -m pipeline.tracking --uri)" --default-artifact-root "$$(python -m pipeline.tracking --artifacts)" \
+	python -m pipeline tracking urls http://127.0.0.1:$(PORT) && \
+	mlflow ui --backend-store-uri "$$(python -m pipeline tracking uri)" --default-artifact-root "$$(python -m pipeline tracking artifacts)" \
 		--host 127.0.0.1 --port $(PORT)
 
 # `make stack`: the team stack on loopback (PostgreSQL, SeaweedFS S3, MLflow server with accounts, Dask), state in .stack/;

@@ -7,9 +7,9 @@ import logging
 import sys
 
 # the DVC stages in pipeline order, then the commands that are no stages: predict serves, stack runs services,
-# sweep fans experiments out over Dask
+# sweep fans experiments out over Dask, tracking syncs what an outage spooled (and names the store)
 STAGES = ("download", "validate", "prepare", "stats", "augment", "pretrain", "train", "evaluate", "register", "report")
-COMMANDS = ("predict", "stack", "sweep")
+COMMANDS = ("predict", "stack", "sweep", "tracking")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,12 @@ a real server. Train tags its run with the md5 of the model file it wrote
 (what DVC records for it too); evaluate finds that run from the file alone
 (:func:`model_run`), so both log into one run, and no run id has to live in a
 DVC-hashed output.
+
+Once a run has started, a call that fails (the server went away, refuses, or
+hangs past ``MLFLOW_HTTP_REQUEST_TIMEOUT``) does not stop the stage: that run's
+calls from then on go to a spool in ``logs/`` (:mod:`pipeline.spool`), which
+the end of the stage, the start of the next one, and
+``python -m pipeline tracking sync`` replay into the store.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import spool
 from pipeline.config import flatten
 from pipeline.errors import PipelineError
 
@@ -37,6 +44,13 @@ STORE = "mlflow.db"  # the default store and artifact folder, in the project roo
 ARTIFACTS = "mlartifacts"
 PRETRAIN_EXPERIMENT = "pretrain"  # beside one experiment per dataset: one run per pretraining
 MODEL_TAG = "model.md5"  # ties a run to the model file it trained, wherever DVC restores that file
+SPOOL = Path("logs/tracking-spool")  # in the project root: calls a tracking outage kept from the store
+# Bounded requests: MLflow's defaults (120 s timeout, 7 retries with backoff factor 2) block a call for minutes.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -79,6 +93,8 @@ def tracking_uri(start: Path | None = None) -> str:
 def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     # No network but the tracking server: MLflow 3 otherwise sends usage telemetry.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     import mlflow
 
     uri = tracking_uri(start)
@@ -89,11 +105,17 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     # user's choice, and every subprocess (a DVC stage of another project) would log here. Keep the user's setting only.
     if chosen is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    _replay_once(project_root(start), uri)
     return mlflow
 
 
 @cache
 def check_server(uri: str, user: str | None, password: str | None, timeout: float = 10.0) -> None:
+    """:func:`probe_server`, once per process for each URI and account (a failure is not remembered)."""
+    probe_server(uri, user, password, timeout)
+
+
+def probe_server(uri: str, user: str | None, password: str | None, timeout: float = 10.0) -> None:
     """One request to a tracking server (http[s] URIs only) with the account MLflow will use.
 
     A wrong password, a missing account or an unreachable server then stops
@@ -213,12 +235,8 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log several metrics in one call."""
-    mlflow = _mlflow()
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+    _send(run_id, {"op": "batch", "metrics": [[k, float(v), now, step or 0] for k, v in metrics.items()]})
 
 
 def epoch_logger(run_id: str):  # noqa: ANN201 - a keras callback; keras is imported only here
@@ -232,19 +250,122 @@ def epoch_logger(run_id: str):  # noqa: ANN201 - a keras callback; keras is impo
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     """Log several (flattened) params in one call."""
-    mlflow = _mlflow()
-    from mlflow.entities import Param
+    _send(run_id, {"op": "batch", "params": {k: str(v) for k, v in _mlflow_params(params).items()}})
 
-    mlflow.MlflowClient().log_batch(run_id, params=[Param(k, str(v)) for k, v in _mlflow_params(params).items()])
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags in one call."""
+    _send(run_id, {"op": "batch", "tags": {k: str(v) for k, v in tags.items()}})
 
 
 def log_artifact(run_id: str, path: Path, folder: str) -> None:
     """Upload ``path`` (file or folder) under ``folder/`` of the run's artifacts."""
-    client = _mlflow().MlflowClient()
-    if path.is_dir():
-        client.log_artifacts(run_id, str(path), folder)
+    _send(run_id, {"op": "artifacts", "folder": folder}, path)
+
+
+# --- delivery: live while the store answers, else into the spool (see the module docstring)
+_outage: set[str] = set()  # runs of this process whose calls go to the spool
+_replayed: set[tuple[Path, str]] = set()
+
+
+def spool_folder(start: Path | None = None) -> Path:
+    """The spool of the project holding ``start`` (default: the current folder)."""
+    return project_root(start) / SPOOL
+
+
+def _apply(client: Any, run_id: str, record: Mapping[str, Any]) -> None:
+    """Make one spool record's call (live calls and replays share this one path)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    op = record["op"]
+    if op == "batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, step) for k, v, ts, step in record.get("metrics", [])],
+            params=[Param(k, v[:6000]) for k, v in record.get("params", {}).items()],
+            tags=[RunTag(k, v) for k, v in record.get("tags", {}).items()],
+        )
+    elif op == "artifacts":
+        path = Path(record["path"])
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), record["folder"])
+        else:
+            client.log_artifact(run_id, str(path), record["folder"])
+    elif op == "terminate":
+        client.set_terminated(run_id, record["status"], record["end_time"])
+    elif op == "experiment_tag":
+        client.set_experiment_tag(client.get_run(run_id).info.experiment_id, record["key"], record["value"])
     else:
-        client.log_artifact(run_id, str(path), folder)
+        raise PipelineError(f"tracking spool: unknown record {op!r} for run {run_id}")
+
+
+def _send(run_id: str, record: dict[str, Any], path: Path | None = None) -> None:
+    """Make the call now; when the store fails, spool it, and every later call of the run (their order holds)."""
+    mlflow = _mlflow()
+    record = {**record, "uri": mlflow.get_tracking_uri()}
+    if run_id not in _outage:
+        try:
+            _apply(mlflow.MlflowClient(), run_id, {**record, "path": str(path)} if path else record)
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever the store or the network raised, training goes on
+            _outage.add(run_id)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "tracking store %s failed (%s): run %s's calls go to %s until they are replayed",
+                record["uri"],
+                first[:300],
+                run_id,
+                spool_folder() / run_id,
+            )
+    spool.append(spool_folder(), run_id, record, path)
+
+
+def sync(start: Path | None = None, only_uri: str | None = None) -> tuple[int, list[str]]:
+    """Replay the spooled calls of the project holding ``start`` into their stores; return (records sent, runs left).
+
+    Each run's records go in order; a run's queue is removed once all went
+    through, and kept whole when one fails (replaying it again is harmless:
+    MLflow drops a metric logged twice with the same timestamp, and tags,
+    params, artifacts and the end status are simply set again). A run whose
+    lock another process holds (it is appending, or replaying) is left for later.
+    ``only_uri``: replay only the runs meant for that store.
+    """
+    import mlflow
+
+    folder = spool_folder(start)
+    sent, left = 0, []
+    for run_id in spool.pending(folder):
+        with spool.locked(folder, run_id, wait=False) as mine:
+            queued = spool.records(folder, run_id) if mine else []
+            uri = queued[0]["uri"] if queued else None
+            if not mine or (only_uri and uri != only_uri):
+                left.append(run_id)
+                continue
+            try:
+                if uri:  # one bounded request first: a store still away costs one timeout, not every retry
+                    account = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+                    probe_server(uri, *account, timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")))
+                client = mlflow.MlflowClient(tracking_uri=uri)
+                for record in queued:
+                    _apply(client, run_id, record)
+            except Exception as exc:  # noqa: BLE001 - the store is still away: keep the queue whole
+                log.warning("tracking spool %s: not replayed yet (%s)", folder / run_id, str(exc).strip().splitlines()[0][:300])
+                left.append(run_id)
+                continue
+            spool.remove(folder, run_id)
+            _outage.discard(run_id)
+            sent += len(queued)
+            log.info("tracking spool: %d calls of run %s replayed into %s", len(queued), run_id, uri)
+    return sent, left
+
+
+def _replay_once(root: Path, uri: str) -> None:
+    """At a process's first use of a store, replay what earlier stages spooled for it."""
+    if (root, uri) in _replayed:
+        return
+    _replayed.add((root, uri))
+    if spool.pending(root / SPOOL):
+        sync(root, only_uri=uri)
 
 
 def signature(example: Mapping[str, Any], output: Any):  # noqa: ANN201 - an mlflow.models.ModelSignature
@@ -334,7 +455,6 @@ def log_model(
     from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS
 
     start = time.perf_counter()
-    client = mlflow.MlflowClient()
     info = Model(artifact_path=folder, run_id=run_id)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / folder
@@ -349,8 +469,8 @@ def log_model(
             metadata=dict(metadata) if metadata else None,
         )
         _bundle_code(path, info)
-        client.log_artifacts(run_id, str(path), folder)
-    client.set_tag(run_id, MLFLOW_LOGGED_MODELS, json.dumps([info.get_tags_dict()]))
+        log_artifact(run_id, path, folder)  # spooled (copied) in an outage: the folder is temporary
+    set_tags(run_id, {MLFLOW_LOGGED_MODELS: json.dumps([info.get_tags_dict()])})
     uri = f"runs:/{run_id}/{folder}"
     log.info("MLflow model %s logged in %.1f s", uri, time.perf_counter() - start)
     return uri
@@ -371,8 +491,6 @@ def set_runs_view(run_id: str, metric: str, higher_is_better: bool) -> None:
     The columns: the logged model and ``metric`` (the UI's default Source and
     Dataset columns are empty for these runs and take the width).
     """
-    mlflow = _mlflow()
-    client = mlflow.MlflowClient()
     column = f"metrics.`{metric}`"
     columns = ["attributes.`Models`", column]  # columnOrder: the UI applies columnWidths only to the columns it orders
     view = {
@@ -382,7 +500,7 @@ def set_runs_view(run_id: str, metric: str, higher_is_better: bool) -> None:
         "orderByKey": column,
         "orderByAsc": not higher_is_better,
     }
-    client.set_experiment_tag(client.get_run(run_id).info.experiment_id, VIEW_TAG, json.dumps(view))
+    _send(run_id, {"op": "experiment_tag", "key": VIEW_TAG, "value": json.dumps(view)})
 
 
 def ui_urls(base: str) -> dict[str, str]:
@@ -396,8 +514,16 @@ def ui_urls(base: str) -> dict[str, str]:
 
 
 def finish(run_id: str, status: str = "FINISHED") -> None:
-    """Mark the run finished (or FAILED)."""
-    _mlflow().MlflowClient().set_terminated(run_id, status)
+    """Mark the run finished (or FAILED, KILLED); a run that spooled calls tries to replay them now."""
+    _send(run_id, {"op": "terminate", "status": status, "end_time": int(time.time() * 1000)})
+    if run_id in _outage:
+        _, left = sync()
+        if run_id in left:
+            log.warning(
+                "run %s: its tracking calls wait in %s; replay them with `python -m pipeline tracking sync`",
+                run_id,
+                spool_folder() / run_id,
+            )
 
 
 def file_md5(path: Path) -> str:
@@ -411,7 +537,7 @@ def file_md5(path: Path) -> str:
 
 def tag_model(run_id: str, model_file: Path) -> None:
     """Tag the run with ``model_file``'s md5 (:data:`MODEL_TAG`), so :func:`model_run` finds it from the file alone."""
-    _mlflow().MlflowClient().set_tag(run_id, MODEL_TAG, file_md5(model_file))
+    set_tags(run_id, {MODEL_TAG: file_md5(model_file)})
 
 
 def find_model_run(stage: str, md5: str, dataset: str, start: Path | None = None) -> str | None:
@@ -464,14 +590,29 @@ def model_run(folder: Path, variant: str, dataset: str) -> str:
     return run_id
 
 
-if __name__ == "__main__":  # `make ui`: `python -m pipeline.tracking [BASE_URL | --uri | --artifacts]`
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline tracking {sync,uri,artifacts,urls}``."""
+    import argparse
 
-    arg = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:5000"
-    if arg == "--uri":  # the store the pipeline logs into, from any worktree or DVC copy of the project
+    parser = argparse.ArgumentParser(prog="python -m pipeline tracking", description="The project's tracking store.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("sync", help="replay the calls a tracking outage spooled (logs/tracking-spool) into their stores")
+    commands.add_parser("uri", help="the store the pipeline logs into, from any worktree or DVC copy of the project")
+    commands.add_parser("artifacts", help="the default store's artifact folder")
+    urls = commands.add_parser("urls", help="each experiment's runs-table URL in the MLflow UI at BASE")
+    urls.add_argument("base", nargs="?", default="http://127.0.0.1:5000")
+    args = parser.parse_args(argv)
+    if args.command == "sync":
+        sent, left = sync()
+        print(f"replayed {sent} tracking calls; {len(left)} runs still spooled in {spool_folder()}")
+        if left:
+            raise PipelineError(
+                f"{spool_folder()}: {len(left)} runs could not be replayed yet ({', '.join(left)}); see the warnings above"
+            )
+    elif args.command == "uri":
         print(tracking_uri())
-    elif arg == "--artifacts":
+    elif args.command == "artifacts":
         print(project_root() / ARTIFACTS)
-    else:  # each experiment's runs-table URL
-        for experiment, url in ui_urls(arg).items():
+    else:
+        for experiment, url in ui_urls(args.base).items():
             print(f"{experiment}: {url}")

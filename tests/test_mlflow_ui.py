@@ -13,13 +13,7 @@ prints, shows the key metric as a column; saves the pets page to
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
+from tests import mlflowserver
 from tests.pipeline_project import REPO, trained_project
 
 pytestmark = pytest.mark.slow
@@ -56,13 +51,6 @@ TINY = {
 DATASET_OF = {name: v["dataset"] for name, v in TINY.items()}
 KEY_METRIC = {"pets": ("test_accuracy", False), "houses": ("test_mape", True)}  # (metric, sorted ascending)
 VIEWPORT = {"width": 1920, "height": 1080}
-START_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5) -> str:
@@ -76,27 +64,6 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's whole process group, SIGKILL what is left after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # the leader is gone; children of the group may linger a moment
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny augment -> train -> evaluate of one pets and one houses variant into ``<tmp>/mlflow.db``."""
@@ -107,46 +74,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(store: Path) -> Iterator[str]:
     """``mlflow server`` on the store, in its own process group; yields the base URL once ``/health`` answers."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (store / "mlflow_server.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{store}/mlflow.db",
-        "--default-artifact-root",
-        (store / "mlartifacts").as_uri(),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(store / 'mlflow_server.log').read_text()[-3000:]}")
-            try:
-                if _get(f"{base}/health", timeout=2).strip() == "OK":
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server not healthy after {START_TIMEOUT_S} s:\n{(store / 'mlflow_server.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+    with mlflowserver.serve(store, "--default-artifact-root", (store / "mlartifacts").as_uri()) as base:
         yield base
-    finally:
-        _stop(proc)
-        log.close()
 
 
 def _experiment_ids(base: str) -> dict[str, str]:
