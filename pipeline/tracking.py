@@ -105,6 +105,9 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     # user's choice, and every subprocess (a DVC stage of another project) would log here. Keep the user's setting only.
     if chosen is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if uri not in _relocated:
+        _relocated.add(uri)
+        relocate_store(uri)
     _replay_once(project_root(start), uri)
     return mlflow
 
@@ -201,6 +204,51 @@ def artifact_location(uri: str) -> str | None:
     return None  # a server's default, a file store's own folder, a database server's --default-artifact-root
 
 
+# Columns holding artifact URIs in MLflow 3.17's sqlite schema (tables a store may lack are skipped).
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def relocate_store(uri: str) -> str | None:
+    """Point a copied sqlite store's artifact URIs at the ``mlartifacts`` beside it; return the old root, or None.
+
+    MLflow stores absolute artifact locations: a workspace copied elsewhere
+    (``cp -r``, a CI cache, a moved checkout) would go on reading and writing
+    the original folder's artifacts. Locations under another folder's
+    ``mlartifacts`` (what :func:`artifact_location` gives) are rewritten to
+    this store's, in one transaction; other locations are left alone.
+    """
+    here = artifact_location(uri)
+    db = Path(uri.partition(":///")[2]) if here else None
+    if db is None or not db.is_file():
+        return None
+    import sqlite3
+
+    with sqlite3.connect(db, timeout=30) as conn:
+        try:
+            rows = conn.execute("SELECT artifact_location FROM experiments WHERE artifact_location LIKE 'file://%/mlartifacts%'")
+        except sqlite3.DatabaseError:
+            return None  # not (yet) an MLflow store
+        roots = {loc[: loc.rindex("/" + ARTIFACTS) + len(ARTIFACTS) + 1] for (loc,) in rows} - {here}
+        for old in roots:
+            for table, column in LOCATION_COLUMNS:
+                try:
+                    conn.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",  # noqa: S608
+                        (here, len(old) + 1, len(old), old),
+                    )
+                except sqlite3.OperationalError:  # an older schema without the table
+                    continue
+    for old in roots:
+        log.info("%s was copied from another folder: its artifact locations %s now point to %s", db, old, here)
+    return next(iter(roots), None)
+
+
 def _experiment_id(mlflow: Any, name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
@@ -266,6 +314,7 @@ def log_artifact(run_id: str, path: Path, folder: str) -> None:
 # --- delivery: live while the store answers, else into the spool (see the module docstring)
 _outage: set[str] = set()  # runs of this process whose calls go to the spool
 _replayed: set[tuple[Path, str]] = set()
+_relocated: set[str] = set()  # sqlite stores checked by relocate_store in this process
 
 
 def spool_folder(start: Path | None = None) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,41 @@ def test_the_default_store_is_not_exported_to_child_processes(tmp_path: Path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/chosen.db")
     tracking._mlflow(tmp_path)
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/chosen.db"  # the user's setting stays
+
+
+def test_a_copied_workspace_writes_its_artifacts_into_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import mlflow
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    (original / "a.txt").write_text("a")
+    monkeypatch.chdir(original)
+    first = tracking.start("v", "pets", {}, {})
+    tracking.log_artifact(first, original / "a.txt", "files")
+    tracking.finish(first)
+    shutil.copytree(original, copy)
+    # the copy is used by another process (MLflow caches each run's artifact location within one)
+    script = f"""from pathlib import Path
+from pipeline import tracking
+second = tracking.start("v", "pets", {{}}, {{}})
+tracking.log_artifact(second, Path("a.txt"), "files")
+tracking.log_artifact("{first}", Path("a.txt"), "more")
+print(second)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    second = subprocess.run(
+        [sys.executable, "-c", script], cwd=copy, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+    monkeypatch.chdir(copy)
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    for run in (first, second):
+        assert client.get_run(run).info.artifact_uri == f"{(copy / 'mlartifacts').as_uri()}/{run}/artifacts"
+        assert [a.path for a in client.list_artifacts(run, "files")] == ["files/a.txt"]  # the first run's: the copy's copy
+    assert (copy / f"mlartifacts/{first}/artifacts/more/a.txt").is_file()
+    assert [p.name for p in (original / "mlartifacts").iterdir()] == [first]  # the original is left as it was
+    assert not (original / f"mlartifacts/{first}/artifacts/more").exists()
+    assert tracking.relocate_store(tracking.tracking_uri()) is None  # done once
