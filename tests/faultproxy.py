@@ -5,6 +5,7 @@
         proxy.set("hang")            # accepts connections, never answers (nor reads past what the kernel buffers)
         proxy.set("refuse")          # nothing listens on the port: connection refused
         proxy.set("forward")         # the same port again, forwarding
+        proxy.switch_on(rb'"step": "?1\b', "hang")  # the first request whose bytes match goes nowhere: then hang
 
 Connections open when the mode changes are cut, as a crash of the server would.
 """
@@ -12,6 +13,7 @@ Connections open when the mode changes are cut, as a crash of the server would.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from typing import Literal
@@ -29,6 +31,7 @@ class FaultProxy:
         self.port = self._listen(0)
         self.url = f"http://127.0.0.1:{self.port}"
         self.connections = 0
+        self._trigger: tuple[re.Pattern[bytes], Mode] | None = None
 
     def _listen(self, port: int) -> int:
         listener = socket.socket()
@@ -57,13 +60,21 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._open.append(upstream)
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+            for src, dst, watch in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(src, dst, watch), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def switch_on(self, pattern: bytes, mode: Mode) -> None:
+        """Switch to ``mode`` at the first client request whose bytes match ``pattern`` (that request is not forwarded)."""
+        self._trigger = (re.compile(pattern), mode)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, watch: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                trigger = self._trigger
+                if watch and trigger and trigger[0].search(data):
+                    self._trigger = None
+                    self.set(trigger[1])
+                    return
                 dst.sendall(data)
         for sock in (src, dst):
             with contextlib.suppress(OSError):

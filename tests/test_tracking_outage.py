@@ -120,3 +120,62 @@ def test_the_next_use_of_the_store_replays_the_spool(project: tuple[Path, FaultP
     tracking.find_model_run("train@v", "nothing", "pets")
     assert spool.pending(tracking.spool_folder()) == []
     assert mlflow.MlflowClient(proxy.url).get_run(run_id).info.status == "KILLED"
+
+
+TINY = {"tiny": {"dataset": "pets", "model": "cnn_functional", "augment": "none", "width": 0.25, "train": {"epochs": 4}}}
+
+
+@pytest.mark.slow
+def test_training_goes_on_through_an_outage_and_the_next_stage_replays_it(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The server hangs from the second epoch's metrics on: train completes, evaluate (server back) replays its calls."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.pipeline_project import REPO, trained_project
+
+    root = trained_project(tmp_path_factory, "outage", ("data/prepared", "data/stats"), {"variants": TINY}, [])
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "GIT_CEILING_DIRECTORIES": str(root.parent),
+    }
+    with mlflowserver.serve(tmp_path) as base, FaultProxy(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as proxy:
+        env["MLFLOW_TRACKING_URI"] = proxy.url
+        proxy.switch_on(rb'"step": "?1\b', "hang")
+        started = time.monotonic()
+        train = subprocess.run(
+            [sys.executable, "-m", "pipeline", "train", "tiny"], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        )
+        seconds = time.monotonic() - started
+        assert train.returncode == 0, train.stderr[-3000:]
+        assert proxy.mode == "hang" and f"tracking store {proxy.url} failed" in train.stderr
+        assert "replay them with `python -m pipeline tracking sync`" in train.stderr
+        assert (root / "models/tiny/model.keras").is_file() and len(
+            (root / "reports/train/tiny.csv").read_text().splitlines()
+        ) == 5
+        run_id = json.loads((root / "logs/train/tiny.json").read_text())["run_id"]
+        assert spool.pending(root / "logs/tracking-spool") == [run_id]
+        client = mlflow.MlflowClient(base)  # the server itself, past the proxy
+        assert client.get_run(run_id).info.status == "RUNNING"
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0]
+
+        proxy.set("forward")  # the server is back: the next stage replays the spool before it looks for the run
+        evaluate = subprocess.run(
+            [sys.executable, "-m", "pipeline", "evaluate", "tiny"], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2, 3]
+        assert [a.path for a in client.list_artifacts(run_id, "model") if a.path.endswith("MLmodel")] == ["model/MLmodel"]
+        assert len(client.search_runs([run.info.experiment_id])) == 1  # evaluate found the train run: no restored run
+        assert spool.pending(root / "logs/tracking-spool") == []
+    print(f"train through the outage: {seconds:.1f} s")
