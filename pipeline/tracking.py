@@ -95,10 +95,9 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    import mlflow
+    uri = check(start)
+    import mlflow  # after the probe: an unreachable server fails the stage without waiting for MLflow's import
 
-    uri = tracking_uri(start)
-    check_server(uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
     chosen = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # MLflow also exports the URI for child processes: a later call with another ``start`` would then read it as the
@@ -110,6 +109,17 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
         relocate_store(uri)
     _replay_once(project_root(start), uri)
     return mlflow
+
+
+def check(start: Path | None = None) -> str:
+    """The store's URI, once :func:`check_server` found it answering: a stage that logs calls it first, before slow imports.
+
+    An unreachable, hanging or refusing server then fails the stage within the
+    probe's timeout (10 s), with one line naming the URI, before any training.
+    """
+    uri = tracking_uri(start)
+    check_server(uri, os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    return uri
 
 
 @cache

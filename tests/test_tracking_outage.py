@@ -179,3 +179,32 @@ def test_training_goes_on_through_an_outage_and_the_next_stage_replays_it(
         assert len(client.search_runs([run.info.experiment_id])) == 1  # evaluate found the train run: no restored run
         assert spool.pending(root / "logs/tracking-spool") == []
     print(f"train through the outage: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["refuse", "hang"])
+def test_a_store_away_before_training_fails_the_stage_at_once(tmp_path_factory: pytest.TempPathFactory, fault: str) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.pipeline_project import REPO, trained_project
+
+    root = trained_project(tmp_path_factory, f"away-{fault}", ("data/prepared", "data/stats"), {"variants": TINY}, [])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if fault == "hang":
+            listener.listen()  # accepts connections, never answers
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"  # refuse: bound, not listening
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "train", "tiny"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        )
+        seconds = time.monotonic() - started
+    assert done.returncode == 1 and seconds < 15, (seconds, done.stderr[-2000:])
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    assert f"tracking server {uri} is unreachable" in error
+    assert not (root / "models/tiny").exists() and not (root / "logs/tracking-spool").exists()
+    print(f"store away ({fault}) before training: exit 1 after {seconds:.1f} s")

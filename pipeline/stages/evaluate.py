@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline evaluate", description=__doc__)
     parser.add_argument("variants", nargs="*", metavar="VARIANT")
     chosen = parser.parse_args(argv).variants or list(params.variants)
+    tracking.check()  # an unreachable store fails now, not after the imports and the data
     unknown = [v for v in chosen if v not in params.variants]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r} (choose from {', '.join(params.variants)})")

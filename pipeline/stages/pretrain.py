@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m pipeline pretrain``."""
     parser = argparse.ArgumentParser(prog="python -m pipeline pretrain", description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
+    tracking.check()  # an unreachable store fails now, not after the imports and the data
     params = config.load()
     cfg = params.pretrain
     size = cfg.image_size or params.prepare.pets.image_size

@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     params = config.load()
     parser = argparse.ArgumentParser(prog="python -m pipeline register", description=__doc__)
     parser.parse_args(argv)
+    tracking.check()  # an unreachable store fails now, not after the imports and the data
     by_dataset: dict[str, list[str]] = {}
     for name, variant in params.variants.items():
         by_dataset.setdefault(variant.dataset, []).append(name)

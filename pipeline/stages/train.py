@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline train", description=__doc__)
     parser.add_argument("variant", choices=list(params.variants))
     variant = params.variants[parser.parse_args(argv).variant]
+    tracking.check()  # an unreachable store fails now, not after the imports and the data
     prepared = paths.prepared(variant.dataset)
     meta = shards.meta(prepared)
     stats_path = paths.stats(variant.dataset)
