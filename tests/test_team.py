@@ -146,6 +146,32 @@ def test_bob_pulls_in_sync_and_reports_without_training(team: Team) -> None:
     assert (bob / "reports" / "summary.md").exists()
 
 
+def test_queued_experiments_run_in_parallel_against_the_server(team: Team) -> None:
+    """``dvc exp run --queue`` x2 and ``dvc queue start -j 2`` in Bob's clone: both land, each run on the server evaluated."""
+    bob = team.root / "bob"
+    rates = ("0.002", "0.004")
+    for rate in rates:
+        sh(bob, "dvc", "exp", "run", "--queue", "-S", f"variants.lenet5.train.learning_rate={rate}", env=team.env("bob"))
+    try:
+        sh(bob, "dvc", "queue", "start", "-j", "2", env=team.env("bob"))
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            status = sh(bob, "dvc", "queue", "status", env=team.env("bob"))
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(5)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=bob, capture_output=True)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+    logged = _sql(
+        team,
+        "select count(distinct p.value) from runs r join params p on p.run_uuid = r.run_uuid "
+        f"and p.key = 'train.learning_rate' and p.value in {rates} "
+        "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_accuracy' where r.name = 'lenet5'",
+    )
+    assert logged == 2  # both experiments' runs, evaluated, in the server's one store
+
+
 def test_a_review_takes_the_base_from_the_remote(team: Team) -> None:
     """Bob, on a second machine with an empty cache, changes lenet5: the base comes from the remote, only lenet5 trains."""
     clone = team.root / "bob2"
