@@ -22,7 +22,7 @@ import pytest
 from pipeline import files, paths, tracking
 from pipeline.predict import trained_variants
 from pipeline.training import checkpoint, inputs
-from tests.pipeline_project import copy_project, demo_project, edit_params
+from tests.pipeline_project import copy_project, demo_project, edit_params, trained_project
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = "tiny_resume"
@@ -46,28 +46,28 @@ def project(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return root
 
 
-def launch(root: Path) -> subprocess.Popen:
+def launch(root: Path, variant: str = VARIANT) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(REPO)}
     log = (root / "train.log").open("a")
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", VARIANT], cwd=root, env=env, stdout=log, stderr=log)
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", variant], cwd=root, env=env, stdout=log, stderr=log)
 
 
-def saved_state(root: Path) -> checkpoint.State | None:
-    found = list((root / paths.checkpoints(f"train@{VARIANT}")).glob("*/state.json"))
+def saved_state(root: Path, variant: str = VARIANT) -> checkpoint.State | None:
+    found = list((root / paths.checkpoints(f"train@{variant}")).glob("*/state.json"))
     return checkpoint.load(found[0].parent) if found else None
 
 
-def kill_after(root: Path, epochs: int, sig: int) -> tuple[int, checkpoint.State]:
+def kill_after(root: Path, epochs: int, sig: int, variant: str = VARIANT) -> tuple[int, checkpoint.State]:
     """Start the stage, send ``sig`` once its checkpoint holds ``epochs`` epochs; return its exit code and last checkpoint."""
-    process = launch(root)
+    process = launch(root, variant)
     deadline = time.monotonic() + 300
-    while (state := saved_state(root)) is None or state.epoch < epochs:
+    while (state := saved_state(root, variant)) is None or state.epoch < epochs:
         assert process.poll() is None, (root / "train.log").read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(sig)
     code = process.wait(120)
-    return code, saved_state(root)
+    return code, saved_state(root, variant)
 
 
 def the_run(root: Path):  # noqa: ANN201
@@ -117,7 +117,30 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_one(tmp_path_
     # no checkpoint, no orphan, and the orphan was never a variant
     assert not (cut / paths.CHECKPOINTS).exists() or not any((cut / paths.CHECKPOINTS).iterdir())
     assert sorted(p.name for p in (cut / "models").iterdir()) == [VARIANT]
-    print(f"\nuninterrupted {whole_seconds:.1f} s; SIGTERM + SIGKILL + resume {cut_seconds:.1f} s; md5 {md5}")
+    print(
+        f"\nuninterrupted {whole_seconds:.1f} s; SIGTERM, SIGKILL at epoch {state.epoch}, resume: {cut_seconds:.1f} s; md5 {md5}"
+    )
+
+
+@pytest.mark.slow
+def test_transfer_learning_resumes_in_its_fine_tuning_phase(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.test_transfer import PRETRAIN, VARIANTS
+
+    variants = {"finetune": {**VARIANTS["finetune"], "extra": {**VARIANTS["finetune"]["extra"], "finetune_epochs": 3}}}
+    parts = ("data/raw/houses", "data/validated/houses", "data/prepared/pets", "data/stats")
+    sections = {"pretrain": PRETRAIN, "variants": variants}
+    whole = trained_project(tmp_path_factory, "finetune-whole", parts, sections, [("pretrain", [])])
+    cut = copy_project(whole, tmp_path_factory.mktemp("finetune-cut"), "data/prepared/pets", "data/stats", "models/pretrain")
+    assert launch(whole, "finetune").wait(600) == 0, (whole / "train.log").read_text()[-3000:]
+    code, state = kill_after(cut, 2, signal.SIGKILL, "finetune")  # 1 epoch of the head, then 1 of fine-tuning
+    assert code == -signal.SIGKILL and state.phase == "finetune" and state.epoch in (2, 3)
+    assert launch(cut, "finetune").wait(600) == 0, (cut / "train.log").read_text()[-3000:]
+    assert f"resuming finetune at epoch {state.epoch + 1}" in (cut / "train.log").read_text()
+    history = pd.read_csv(cut / paths.history("finetune"))
+    assert history.epoch.tolist() == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / paths.history("finetune")), check_exact=True)
+    md5 = tracking.file_md5(whole / paths.model("finetune") / "model.keras")
+    assert tracking.file_md5(cut / paths.model("finetune") / "model.keras") == md5
 
 
 def test_epoch_plan_depends_on_seed_and_epoch_only() -> None:
