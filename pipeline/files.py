@@ -15,9 +15,26 @@ from pathlib import Path
 from typing import Any
 
 
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove the temporary folders a killed :func:`atomic_dir` of ``target`` left beside it; return them.
+
+    ``.<name>.tmp*`` (a write in progress) and ``.<name>.old-*`` (the previous
+    version, moved aside). A kill (SIGKILL, power loss) skips every cleanup, so
+    the next write of the same target clears them; .dvcignore hides them
+    from DVC meanwhile. One writer per target at a time, as DVC runs stages.
+    """
+    if not target.parent.is_dir():
+        return []
+    found = [*target.parent.glob(f".{target.name}.tmp*"), *target.parent.glob(f".{target.name}.old-*")]
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return found
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``target``; it replaces ``target`` only on success."""
+    """Yield a fresh temporary folder beside ``target``; it replaces ``target`` only on success (leftovers of a killed one go)."""
+    remove_leftovers(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     try:

@@ -11,6 +11,15 @@ AUGMENTATION = Path("reports/augmentation")  # the augment stage's preview grids
 LOGS = Path("logs")
 
 
+# Per-epoch checkpoints of train and pretrain (<stage>/<key>/), removed when the stage succeeds: never a DVC output
+# (gitignored, dvcignored), so a killed stage resumes without touching what DVC hashes.
+CHECKPOINTS = Path("checkpoints")
+
+
+def checkpoints(stage: str) -> Path:
+    return CHECKPOINTS / stage
+
+
 def train_log(variant: str) -> Path:
     return LOGS / "train" / f"{variant}.json"
 

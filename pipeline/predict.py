@@ -69,10 +69,10 @@ class Served:
 
 
 def trained_variants(models: Path = Path("models")) -> list[str]:
-    """Folders under ``models/`` that hold a ``model.keras``, sorted."""
+    """Folders under ``models/`` that hold a ``model.keras``, sorted; not hidden ones (a killed write's ``.<variant>.tmp*``)."""
     if not models.is_dir():
         return []
-    return sorted(p.name for p in models.iterdir() if (p / "model.keras").is_file())
+    return sorted(p.name for p in models.iterdir() if not p.name.startswith(".") and (p / "model.keras").is_file())
 
 
 def preprocessing(config: dict[str, Any], meta: dict[str, Any] | None) -> tuple[int, str]:

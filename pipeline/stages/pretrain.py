@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from pipeline.data.manifest import room_photos
 from pipeline.data.splits import split_by_house
 from pipeline.errors import PipelineError
 from pipeline.models.backbones import BACKBONE_FILE
+from pipeline.training import checkpoint
 from pipeline.training.loop import fit_backbone
 
 log = logging.getLogger(__name__)
@@ -71,19 +73,39 @@ def main(argv: list[str] | None = None) -> None:
         decode_seconds,
     )
     run_params = {"task": "room type (" + ", ".join(HOUSE_ROOMS) + ")", "image_size": size, **cfg.model_dump()}
+    stage = "pretrain"
     tags = {
         **tracking.git_tags(),
-        "dvc.stage": "pretrain",
+        **tracking.process_tags(),
+        "dvc.stage": stage,
         "dataset": "houses",
         "data.profile": params.data.profile,
         "data.manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
     }
-    run_id = tracking.start("backbone", tracking.PRETRAIN_EXPERIMENT, tags, run_params)
-    try:
-        backbone, history, seconds = fit_backbone(cfg, data, size, run_id)
-    except BaseException:
-        tracking.finish(run_id, "FAILED")
-        raise
+    saved = checkpoint.folder(paths.checkpoints(stage), checkpoint.run_key(run_params, [manifest_path]))
+    resume = checkpoint.load(saved)
+    run_id = tracking.open_run(resume and resume.run_id, "backbone", tracking.PRETRAIN_EXPERIMENT, tags, run_params)
+    with tracking.ending(run_id):
+        if resume:
+            tracking.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
+        backbone, history, seconds = fit_backbone(cfg, data, size, run_id, saved, resume)
+        save_and_log(run_id, backbone, history, seconds, decode_seconds, is_val, photos, data, size)
+        checkpoint.clear(paths.checkpoints(stage))  # before the run ends: a kill in between leaves no finished run to resume
+        tracking.finish(run_id)
+
+
+def save_and_log(
+    run_id: str,
+    backbone: Any,
+    history: dict[str, list[float]],
+    seconds: float,
+    decode_seconds: float,
+    is_val: np.ndarray,
+    photos: pd.DataFrame,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    size: int,
+) -> None:
+    """Write ``models/pretrain/`` and log its files and scores into the run (which stays open)."""
     val_counts = np.bincount(data["val"][1], minlength=len(HOUSE_ROOMS))
     summary = {
         "task": "room_type",
@@ -110,7 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         tracking.log_artifact(run_id, out / name, folder)
     scores = {k: summary[k] for k in ("val_accuracy", "train_accuracy", "chance_accuracy", "parameters")}
     tracking.log_metrics(run_id, {**scores, "seconds": seconds, "decode_seconds": decode_seconds})
-    tracking.finish(run_id)
     log.info(
         "pretrain: val accuracy %.3f (chance %.3f) after %d epochs, %.1f s -> %s",
         summary["val_accuracy"],

@@ -26,6 +26,7 @@ from pipeline import config, files, paths, tracking
 from pipeline.config import AugmentPolicy, Variant
 from pipeline.data import shards
 from pipeline.errors import PipelineError
+from pipeline.training import checkpoint
 from pipeline.training.inputs import make_dataset, model_inputs
 from pipeline.training.loop import class_weight, fit
 
@@ -84,19 +85,43 @@ def main(argv: list[str] | None = None) -> None:
 
     if registry.get(variant.model).needs_backbone:  # --- transfer learning
         run_config["transfer"] = params.transfer.model_dump()
+    stage = f"train@{variant.name}"
     tags = {
         **tracking.git_tags(),
-        "dvc.stage": f"train@{variant.name}",
+        **tracking.process_tags(),
+        "dvc.stage": stage,
         "data.hash": tracking.data_hash(Path("dvc.lock"), variant.dataset),
         "dataset": variant.dataset,
         "data.profile": params.data.profile,
     }
-    run_id = tracking.start(variant.name, variant.dataset, tags, run_config)
-    try:
-        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer)
-    except BaseException:
-        tracking.finish(run_id, "FAILED")
-        raise
+    inputs = [stats_path, prepared, *([paths.PRETRAIN] if "transfer" in run_config else [])]
+    saved = checkpoint.folder(paths.checkpoints(stage), checkpoint.run_key(run_config, inputs))
+    resume = checkpoint.load(saved)
+    run_id = tracking.open_run(resume and resume.run_id, variant.name, variant.dataset, tags, run_config)
+    with tracking.ending(run_id):
+        if resume:
+            tracking.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
+        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer, saved, resume)
+        save_and_log(variant, run_id, run_config, meta, stats, stats_path, policy, prepared, (model, history, seconds, seen))
+        checkpoint.clear(paths.checkpoints(stage))  # before the run ends: a kill in between leaves no finished run to resume
+        tracking.finish(run_id)
+
+
+def save_and_log(
+    variant: Variant,
+    run_id: str,
+    run_config: dict[str, Any],
+    meta: dict[str, Any],
+    stats: dict[str, Any],
+    stats_path: Path,
+    policy: AugmentPolicy | None,
+    prepared: Path,
+    trained: tuple[Any, dict[str, list[float]], float, int],
+) -> None:
+    """Write the model folder, the history and the timings, and log them into the run (which stays open)."""
+    from pipeline.models import registry
+
+    model, history, seconds, seen = trained
     out = paths.model(variant.name)
     weights = class_weight(variant.train, stats)
     by_label = {stats["classes"][i]: w for i, w in weights.items()} if weights else {}
@@ -137,7 +162,6 @@ def main(argv: list[str] | None = None) -> None:
     # (its metadata: the resolved config, so `predict --model models:/...` knows the inputs and classes)
     example = mlflow_example(model, registry.get(variant.model).inputs, prepared)
     tracking.log_model(run_id, model, *example, metadata=json.loads((out / "config.json").read_text()))
-    tracking.finish(run_id)
     log.info(
         "%s: %d epochs, %.1f s, %.0f images/s, final %s",
         variant.name,

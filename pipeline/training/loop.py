@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS, AugmentPolicy, Pretra
 from pipeline.data import shards
 from pipeline.errors import PipelineError
 from pipeline.models.registry import ModelSpec
+from pipeline.training import checkpoint
+from pipeline.training.checkpoint import State
 from pipeline.training.inputs import make_dataset, model_inputs, targets
 
 log = logging.getLogger(__name__)
@@ -136,13 +139,17 @@ def fit(
     policy: AugmentPolicy | None,
     run_id: str | None,
     transfer: TransferConfig | None = None,
+    checkpoints: Path | None = None,
+    resume: State | None = None,
 ):  # noqa: ANN201
     """Build, compile and fit the variant; return (model, history dict, seconds, images seen).
 
     ``policy`` is the variant's augmentation policy (None: ``augment: none``),
     applied to the train split only.
     ``transfer`` (params ``transfer``; default: the pretrain stage's backbone)
-    picks the backbone of the models that need one.
+    picks the backbone of the models that need one. ``checkpoints``: the
+    folder of a checkpoint after each epoch (None: none); ``resume``: the
+    checkpoint to go on from (:func:`pipeline.training.checkpoint.load`).
     """
     import keras
     import tensorflow as tf
@@ -189,63 +196,85 @@ def fit(
     except ValueError as exc:  # a builder's check of its knobs against the model (image_size, tta)
         raise PipelineError(f"variants.{variant.name}: {exc}") from None
     as_dict = not isinstance(model, keras.Sequential)
-    train_ds = make_dataset(
-        model_inputs(entry.inputs, train_idx, train_img),
-        targets(meta, train_idx),
-        cfg.batch_size,
-        cfg.seed,
-        augment,
-        as_dict,
-        mix,
-    )
+    x_train, y_train = model_inputs(entry.inputs, train_idx, train_img), targets(meta, train_idx)
+
+    def train_ds(epochs: range):  # noqa: ANN202
+        return make_dataset(x_train, y_train, cfg.batch_size, cfg.seed, augment, as_dict, mix, epochs)
+
     val_ds = make_dataset(
         model_inputs(entry.inputs, val_idx, val_img), targets(meta, val_idx), cfg.batch_size, None, as_dict=as_dict
     )
+    steps = math.ceil(len(train_idx) / cfg.batch_size)
     loss, metrics = loss_and_metrics(entry.task, cfg)
-    model.compile(optimizer=optimizer(cfg, math.ceil(len(train_idx) / cfg.batch_size)), loss=loss, metrics=metrics)
-    callbacks: list = [keras.callbacks.TerminateOnNaN()]
-    if cfg.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=cfg.early_stopping, restore_best_weights=True))
-    if run_id:
-        callbacks.append(tracking.epoch_logger(run_id))
-    start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.epochs,
-        class_weight=class_weight(cfg, stats),
-        callbacks=callbacks,
-        shuffle=False,
-        verbose=2,
-    ).history
+    model.compile(optimizer=optimizer(cfg, steps), loss=loss, metrics=metrics)
+    early = keras.callbacks.EarlyStopping(patience=cfg.early_stopping, restore_best_weights=True) if cfg.early_stopping else None
+    run = Phase(train_ds, steps, dict(validation_data=val_ds, class_weight=class_weight(cfg, stats)), early, checkpoints, run_id)
+    state = resume or State(run_id, "fit", 0, {}, 0.0)
+    if state.phase == "fit":
+        state = run.fit(model, state, cfg.epochs)
     if plan:  # variant extra finetune_epochs, see pipeline/models/transfer.py
-        fit_args = dict(
-            x=train_ds,
-            validation_data=val_ds,
-            class_weight=class_weight(cfg, stats),
+        state = finetune(model, plan, cfg, entry.task, state, run)
+    return model, state.history, state.seconds, len(state.history["loss"]) * len(train_idx)
+
+
+@dataclasses.dataclass
+class Phase:
+    """How one phase of training runs: its data, callbacks and checkpoints (shared by both phases of a transfer variant)."""
+
+    data: Callable[[range], Any]  # the train batches of these epochs (inputs.make_dataset)
+    steps: int  # batches per epoch
+    fit_args: dict[str, Any]  # validation_data, class_weight
+    early: Any = None  # a Keras EarlyStopping, or None
+    checkpoints: Path | None = None  # where each epoch's checkpoint goes (None: nowhere)
+    run_id: str | None = None  # the MLflow run each epoch's metrics go to
+
+    def fit(self, model: Any, start: State, epochs: int) -> State:
+        """Fit the compiled ``model`` from ``start`` (restored if it holds weights) up to epoch ``epochs``; return where it ends.
+
+        A phase that had ended (``done``) is only restored; one that early
+        stopping had ended runs no epoch, so that early stopping still
+        restores its best weights.
+        """
+        import keras
+
+        best = checkpoint.restore(model, self.checkpoints, start) if start.weights and self.checkpoints else None
+        if start.done:
+            return start
+        if start.weights:
+            log.info("resuming %s at epoch %d from %s", start.phase, start.epoch + 1, self.checkpoints)
+        last = start.epoch if start.stopped else epochs
+        callbacks: list = [keras.callbacks.TerminateOnNaN()]
+        if self.early is not None:
+            callbacks.append(self.early)
+        if self.checkpoints is not None:  # before the epoch logger: see checkpoint.callback
+            callbacks.append(
+                checkpoint.callback(self.checkpoints, dataclasses.replace(start, run_id=self.run_id), self.early, best)
+            )
+        if self.run_id:
+            callbacks.append(tracking.epoch_logger(self.run_id))
+        began = time.perf_counter()
+        new = model.fit(
+            self.data(range(start.epoch, last)),
+            initial_epoch=start.epoch,
+            epochs=last,
+            steps_per_epoch=self.steps,
             callbacks=callbacks,
             shuffle=False,
             verbose=2,
-        )
-        history = finetune(model, plan, cfg, entry.task, history, math.ceil(len(train_idx) / cfg.batch_size), fit_args)
-    seconds = time.perf_counter() - start
-    epochs_run = len(history["loss"])
-    return model, history, seconds, epochs_run * len(train_idx)
+            **self.fit_args,
+        ).history
+        history = {k: [*start.history.get(k, []), *new.get(k, [])] for k in dict.fromkeys([*start.history, *new])}
+        end = start.epoch + len(new.get("loss", []))  # early stopping may end the phase before ``last``
+        seconds = start.seconds + time.perf_counter() - began
+        return State(self.run_id, start.phase, end, history, seconds, start=start.start, done=True)
 
 
-def finetune(
-    model: Any,
-    plan: tuple[int, float, str],
-    cfg: TrainConfig,
-    task: str,
-    first: dict[str, list],
-    steps_per_epoch: int,
-    fit_args: dict[str, Any],
-) -> dict[str, list]:
+def finetune(model: Any, plan: tuple[int, float, str], cfg: TrainConfig, task: str, first: State, run: Phase) -> State:
     """Transfer learning's second phase: unfreeze (``plan`` = epochs, learning rate, which part), recompile, fit on.
 
-    Epoch numbers continue after the first phase (``initial_epoch``), so the
-    MLflow steps and the history CSV run on; returns both phases' history merged.
+    Epoch numbers continue after the first phase (``first``: where it ended,
+    or where a resumed second phase stands), so the MLflow steps and the
+    history CSV run on; returns where both phases end, history merged.
     """
     from pipeline.models.transfer import unfreeze
 
@@ -256,10 +285,10 @@ def finetune(
     )
     phase = cfg.model_copy(update={"epochs": epochs, "learning_rate": learning_rate})
     loss, metrics = loss_and_metrics(task, phase)
-    model.compile(optimizer=optimizer(phase, steps_per_epoch), loss=loss, metrics=metrics)
-    done = len(first["loss"])
-    second = model.fit(initial_epoch=done, epochs=done + epochs, **fit_args).history
-    return {k: [*v, *second.get(k, [])] for k, v in first.items()}
+    model.compile(optimizer=optimizer(phase, run.steps), loss=loss, metrics=metrics)
+    if first.phase == "fit":  # the second phase starts
+        first = State(run.run_id, "finetune", first.epoch, first.history, first.seconds, start=first.epoch)
+    return run.fit(model, first, first.start + epochs)
 
 
 def channel_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
@@ -268,13 +297,20 @@ def channel_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
     return flat.mean(axis=0).tolist(), flat.var(axis=0).tolist()
 
 
-def fit_backbone(cfg: PretrainConfig, data: dict[str, tuple[np.ndarray, np.ndarray]], image_size: int, run_id: str | None):  # noqa: ANN201
+def fit_backbone(
+    cfg: PretrainConfig,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    image_size: int,
+    run_id: str | None,
+    checkpoints: Path | None = None,
+    resume: State | None = None,
+):  # noqa: ANN201
     """Train backbone + 4-way softmax on ``data["train"]``; return (backbone, history dict, seconds).
 
     Adam with a cosine learning-rate decay to 0 over the run, so the last
     epoch's val accuracy (the one reported) is not a noisy snapshot. The
     training model adds a random horizontal flip in front of the backbone (not
-    part of the saved backbone).
+    part of the saved backbone). ``checkpoints`` and ``resume`` as for :func:`fit`.
     """
     import keras
     import tensorflow as tf
@@ -290,14 +326,16 @@ def fit_backbone(cfg: PretrainConfig, data: dict[str, tuple[np.ndarray, np.ndarr
     x = keras.layers.RandomFlip("horizontal", seed=cfg.seed, name="flip")(image)
     x = backbone(x)
     model = keras.Model(image, keras.layers.Dense(len(HOUSE_ROOMS), activation="softmax", name="room")(x), name="pretrain")
-    steps = cfg.epochs * -(-len(y_train) // cfg.batch_size)
-    lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=steps)  # settles by the last epoch
+    per_epoch = -(-len(y_train) // cfg.batch_size)
+    lr = keras.optimizers.schedules.CosineDecay(
+        cfg.learning_rate, decay_steps=cfg.epochs * per_epoch
+    )  # settles by the last epoch
     model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    train_ds = make_dataset({"image": x_train}, y_train, cfg.batch_size, cfg.seed, as_dict=False)
+
+    def train_ds(epochs: range):  # noqa: ANN202
+        return make_dataset({"image": x_train}, y_train, cfg.batch_size, cfg.seed, as_dict=False, epochs=epochs)
+
     val_ds = make_dataset({"image": x_val}, y_val, 64, None, as_dict=False)
-    callbacks: list = [keras.callbacks.TerminateOnNaN()]
-    if run_id:
-        callbacks.append(tracking.epoch_logger(run_id))
-    start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, shuffle=False, verbose=2)
-    return backbone, history.history, time.perf_counter() - start
+    run = Phase(train_ds, per_epoch, dict(validation_data=val_ds), checkpoints=checkpoints, run_id=run_id)
+    state = run.fit(model, resume or State(run_id, "fit", 0, {}, 0.0), cfg.epochs)
+    return backbone, state.history, state.seconds
