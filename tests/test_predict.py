@@ -281,3 +281,88 @@ def test_cli_prints_a_table(project: Path) -> None:
     assert len(lines) == 2 + 160 + 1
     assert lines[-1].startswith("nowhere.txt") and lines[-1].endswith("no such file or folder")
     assert "tiny_houses: 160 houses predicted, 1 errors" in result.stderr
+
+
+# --------------------------------------------------------------------------- hostile inputs: bounded memory, clean rows
+
+MB = 2**20
+# TensorFlow and a tiny model take ~0.7 GB here; one decoded 13000² RGBA image with its RGB conversion would take 2 GB
+REFUSED_BOUND_MB = 1024
+BIG = 6300  # 6300² = 39.7 MP, under validate.max_pixels (40 MP): decoded, 476 MB each (peak_bytes), one at a time
+
+
+def strict_json(text: str) -> dict:
+    """``json.loads`` that refuses NaN and ±Infinity (Python's parser accepts them; JSON does not)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# The command runs under a small Python that reports its child's peak RSS: measured from pytest itself, the
+# child's ru_maxrss would include pytest's own memory, which the fork (before exec) counts as the child's.
+_PEAK_OF_CHILD = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(rc)"
+)
+
+
+def predict_peak(root: Path, out: Path, *paths: Path) -> tuple[int, dict, str]:
+    """Run ``python -m pipeline predict --variant tiny_pets --format json`` in a subprocess: (peak RSS in MB, output, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "pipeline", "predict", "--variant", "tiny_pets", "--format", "json", "--output", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_CHILD, *command, *map(str, paths)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return int(result.stdout.split()[-1]), strict_json(out.read_text()), result.stderr
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bombs/``: four 13000² RGBA PNGs (657 KB each, 169 MP: over max_pixels); ``big/``: four 6300² RGBA PNGs."""
+    from tests.hostile import blank_png
+
+    root = tmp_path_factory.mktemp("hostile")
+    for name, side in (("bombs", 13000), ("big", BIG)):
+        (root / name).mkdir()
+        first = blank_png(root / name / "0.png", side, side)
+        for k in (1, 2, 3):
+            shutil.copy(first, root / name / f"{k}.png")
+    return root
+
+
+def test_images_over_max_pixels_refused_from_the_header_in_bounded_memory(project: Path, hostile: Path, tmp_path: Path) -> None:
+    """Before: the four 13000² PNGs were decoded, 3.9 GB peak RSS (8 of them on 2 threads: 6.8 GB); now ~0.7 GB."""
+    cat = project / "data/raw/pets/PetImages/Cat/0.jpg"
+    peak, doc, stderr = predict_peak(project, tmp_path / "out.json", hostile / "bombs", cat)
+    rows = {Path(r["path"]).name: r for r in doc["results"]}
+    assert doc["predicted"] == 1 and rows["0.jpg"]["error"] is None
+    for k in range(4):
+        assert rows[f"{k}.png"]["error"] == (
+            "too large: 13000x13000 = 169000000 pixels exceeds max_pixels=40000000 (validate.max_pixels)"
+        )
+    assert "DecompressionBombWarning" not in stderr  # refused by our cap, not half-warned by Pillow's
+    assert peak < REFUSED_BOUND_MB, f"peak RSS {peak} MB"
+
+
+def test_large_allowed_images_decode_one_budget_at_a_time(project: Path, hostile: Path, tmp_path: Path) -> None:
+    """Four 476 MB decodes on all threads (8 jobs: the pool is used) add one decode's memory, not one per thread."""
+    from PIL import Image
+
+    from pipeline.data.images import DECODE_BUDGET, peak_bytes
+
+    with Image.open(hostile / "big/0.png") as im:
+        one = peak_bytes(im)
+    assert DECODE_BUDGET < 2 * one  # two cannot share the budget: they must decode one after the other
+    small = sorted((project / "data/raw/pets/PetImages/Cat").glob("*.jpg"))[:4]
+    base, _, _ = predict_peak(project, tmp_path / "base.json", *small)
+    peak, doc, _ = predict_peak(project, tmp_path / "big.json", hostile / "big", *small)
+    assert doc["predicted"] == 8 and doc["errors"] == 0
+    assert peak - base < one / MB + 128, f"peak RSS {peak} MB, {base} MB without the large images"
