@@ -366,3 +366,42 @@ def test_large_allowed_images_decode_one_budget_at_a_time(project: Path, hostile
     peak, doc, _ = predict_peak(project, tmp_path / "big.json", hostile / "big", *small)
     assert doc["predicted"] == 8 and doc["errors"] == 0
     assert peak - base < one / MB + 128, f"peak RSS {peak} MB, {base} MB without the large images"
+
+
+def test_houses_out_of_range_attributes_are_row_errors_and_json_is_strict(project: Path, tmp_path: Path) -> None:
+    """``-3 1e300 -5 ABCDE`` was predicted as -inf (written as -Infinity); now a row error, the others predicted."""
+    src = project / HOUSES_DIR
+    for house in (1, 2, 3):
+        for photo in src.glob(f"{house}_*.jpg"):
+            shutil.copy(photo, tmp_path / photo.name)
+    good = (src / "HousesInfo.txt").read_text().splitlines()[0]
+    (tmp_path / "HousesInfo.txt").write_text(f"{good}\n-3 1e300 -5 ABCDE\n3 2 1e400 92276\n")
+    out = tmp_path / "out.json"
+    predict.main(["--variant", "tiny_houses", "--format", "json", "--output", str(out), str(tmp_path)])
+    doc = strict_json(out.read_text())
+    rows = {r["house_id"]: r for r in doc["results"]}
+    assert doc["predicted"] == 1 and rows[1]["error"] is None and isinstance(rows[1]["predicted_price"], float)
+    assert rows[2]["predicted_price"] is None and rows[2]["error"] == (
+        "bedrooms -3 outside [1, 20]; bathrooms 1e+300 outside [0.5, 20]; area -5 outside [100, 50000] (validate.houses)"
+    )
+    assert rows[3]["error"] == "not a finite number in '3 2 1e400 92276'"
+
+
+def test_a_non_finite_model_output_is_a_row_error(tmp_path: Path) -> None:
+    """A model that overflows on valid inputs: the row says so, the JSON stays JSON."""
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1e38))])
+    served = predict.Served("overflow", model, ("tabular",), "regression", None, 64, "squash")
+    (tmp_path / "HousesInfo.txt").write_text("3 2 1800 92276 500000\n")
+    limits = predict.Limits(40_000_000, {"bedrooms": (1, 20), "bathrooms": (0.5, 20), "area": (100, 50000)})
+    (row,) = predict.predict_houses(served, [str(tmp_path)], limits)
+    assert row["predicted_price"] is None and row["ape"] is None and row["error"] == "the model's output is inf, not a price"
+    assert strict_json(predict.render(served, [row], "json"))["errors"] == 1
+
+
+def test_render_writes_strict_json() -> None:
+    served = predict.Served("v", None, ("tabular",), "regression", None, 64, "squash")
+    rows = [{"source": "a", "predicted_price": float("-inf"), "ape": float("nan"), "nested": [1.5, float("inf")], "error": None}]
+    doc = strict_json(predict.render(served, rows, "json"))
+    assert doc["results"] == [{"source": "a", "predicted_price": None, "ape": None, "nested": [1.5, None], "error": None}]
