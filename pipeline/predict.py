@@ -24,6 +24,15 @@ A file or house that cannot be read gets an error in its row and the others
 are still predicted; the command fails (exit 1) only when nothing could be
 predicted. Output: an aligned table on stdout (default) or JSON, optionally
 written to ``--output``.
+
+Hostile input is held to the limits the validate stage applies to the
+training data (``params.yaml``, section ``validate``): an image whose header
+says it has more than ``max_pixels`` pixels is refused before it is decoded;
+the images decoded at the same time share a memory budget
+(:data:`pipeline.data.images.DECODE_BUDGET`; one image larger than the
+budget is decoded alone); a house whose bedrooms, bathrooms or area fall
+outside ``validate.houses`` is a row error, as is a model output that is not a
+finite number. The JSON holds no NaN or Infinity.
 """
 
 from __future__ import annotations
