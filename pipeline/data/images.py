@@ -98,10 +98,10 @@ def return_freed_images_to_the_os(threshold: int = 2**20) -> bool:
     """Have glibc give large freed blocks (decoded images) back to the OS at once; False where not glibc.
 
     glibc raises its mmap threshold after the first large free, so later
-    16 MB Pillow blocks come from per-thread heaps that keep them: a 36 MP
-    image decoded on each of two threads left 775 MB resident where one
-    decode at a time needs 413 MB (measured). A fixed threshold keeps the
-    resident memory at what :class:`MemoryBudget` allows.
+    16 MB Pillow blocks come from per-thread heaps that keep them: eight
+    36 MP RGBA images decoded one at a time on two threads left 775 MB
+    resident where one decode needs 413 MB (measured). A fixed threshold
+    keeps the resident memory at what :class:`MemoryBudget` allows.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
