@@ -24,6 +24,15 @@ A file or house that cannot be read gets an error in its row and the others
 are still predicted; the command fails (exit 1) only when nothing could be
 predicted. Output: an aligned table on stdout (default) or JSON, optionally
 written to ``--output``.
+
+Hostile input is held to the limits the validate stage applies to the
+training data (``params.yaml``, section ``validate``): an image whose header
+says it has more than ``max_pixels`` pixels is refused before it is decoded;
+the images decoded at the same time share a memory budget
+(:data:`pipeline.data.images.DECODE_BUDGET`; one image larger than the
+budget is decoded alone); a house whose bedrooms, bathrooms or area fall
+outside ``validate.houses`` is a row error, as is a model output that is not a
+finite number. The JSON holds no NaN or Infinity.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +50,40 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
-from pipeline import files, paths
+from pipeline import config, files, paths
 from pipeline.config import HOUSE_CONTINUOUS
 from pipeline.data import shards
 from pipeline.data.formats import HOUSES_INFO, house_photos, parse_house
-from pipeline.data.images import load, montage
+from pipeline.data.images import (
+    DECODE_BUDGET,
+    ImageTooLarge,
+    MemoryBudget,
+    load,
+    montage,
+    return_freed_images_to_the_os,
+)
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 512  # examples decoded and predicted at a time (bounds memory on large folders)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What predict accepts: the limits validate applies to the training data (params ``validate``)."""
+
+    max_pixels: int  # an image over this many pixels (from its header) is refused before decoding
+    ranges: dict[str, tuple[float, float]]  # house attribute -> [min, max]; outside is a row error
+    decode_budget: int = DECODE_BUDGET  # bytes that concurrent decodes may hold together
+
+
+def limits_from(params: config.Params) -> Limits:
+    """:class:`Limits` from the validated params."""
+    checks = params.validate.houses
+    return Limits(params.validate.max_pixels, {c: tuple(getattr(checks, c)) for c in HOUSE_CONTINUOUS})
 
 
 @dataclass(frozen=True)
@@ -105,8 +139,6 @@ def load_variant(name: str, models: Path = Path("models")) -> Served:
     if name not in choices:
         listed = ", ".join(choices) if choices else f"none (no {models}/<variant>/model.keras; run the train stage first)"
         raise PipelineError(f"--variant {name!r}: not a trained variant; trained: {listed}")
-    import keras
-
     from pipeline.models import registry
 
     folder = models / name
@@ -118,10 +150,7 @@ def load_variant(name: str, models: Path = Path("models")) -> Served:
     meta_path = paths.prepared(config["dataset"]) / "meta.json"
     meta = shards.meta(paths.prepared(config["dataset"])) if meta_path.exists() else None
     size, resize = preprocessing(config, meta)
-    try:
-        model = keras.models.load_model(folder / "model.keras", safe_mode=True)
-    except Exception as exc:  # a corrupt or foreign file: one line, not a traceback
-        raise PipelineError(f"{folder / 'model.keras'}: cannot load the model: {exc}") from None
+    model = registry.load_trained(folder / "model.keras")
     return Served(name, model, tuple(entry.inputs), config["task"], config.get("classes"), size, resize)
 
 
@@ -185,22 +214,31 @@ def collect_files(args: list[str]) -> list[tuple[str, Path | None, str | None]]:
     return out
 
 
-def read_image(path: Path, size: int, resize: str) -> tuple[np.ndarray | None, str | None]:
-    """The training preprocessing of one file: (uint8 [size, size, 3] array, None) or (None, why not)."""
-    from PIL import UnidentifiedImageError
+def read_image(path: Path, size: int, resize: str, max_pixels: int, budget: MemoryBudget) -> tuple[np.ndarray | None, str | None]:
+    """The training preprocessing of one file: (uint8 [size, size, 3] array, None) or (None, why not).
 
+    An image over ``max_pixels`` is refused from its header; the decode of
+    the others waits for room in ``budget``.
+    """
     try:
         if path.stat().st_size == 0:
             return None, "empty file (0 bytes)"
-        return load(path, size, resize), None
+        return load(path, size, resize, max_pixels, budget), None
+    except ImageTooLarge as exc:
+        return None, f"{exc} (validate.max_pixels)"
+    except Image.DecompressionBombError as exc:  # over Pillow's own cap, refused while opening
+        return None, f"too large: {exc}"
     except UnidentifiedImageError:
         return None, "not an image (unrecognised format)"
-    except Exception as exc:  # truncated/corrupt data, unreadable file, decompression bomb: this file only
+    except Exception as exc:  # truncated/corrupt data, unreadable file: this file only
         return None, f"cannot decode: {exc}"
 
 
 def _decode(jobs: list[Any], fn: Any) -> list[Any]:
-    """``fn`` over ``jobs`` on a few threads (Pillow releases the GIL while decoding); order kept."""
+    """``fn`` over ``jobs`` on a few threads (Pillow releases the GIL while decoding); order kept.
+
+    Threads bound the CPU; memory is bounded by the :class:`MemoryBudget` that ``fn`` decodes under.
+    """
     if len(jobs) < 8:
         return [fn(j) for j in jobs]
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
@@ -225,19 +263,33 @@ def existing_photos(folder: Path, house_id: int) -> list[Path]:
     return photos
 
 
-def read_montage(photos: list[Path], photo_size: int) -> tuple[np.ndarray | None, str | None]:
+def read_montage(
+    photos: list[Path], photo_size: int, max_pixels: int, budget: MemoryBudget
+) -> tuple[np.ndarray | None, str | None]:
     """The 2x2 montage of a house's four photos, each decoded as in prepare; or (None, why not)."""
     tiles = []
     for photo in photos:
-        tile, error = read_image(photo, photo_size, "squash")
+        tile, error = read_image(photo, photo_size, "squash", max_pixels, budget)
         if error:
             return None, f"{photo.name}: {error}"
         tiles.append(tile)
     return montage(tiles), None
 
 
-def collect_houses(args: list[str], needs_photos: bool) -> list[dict[str, Any]]:
-    """One row per house line (or per unreadable info file): source, house_id, attributes, photos or error."""
+def out_of_range(house: dict[str, Any], ranges: dict[str, tuple[float, float]]) -> str | None:
+    """Why ``house``'s attributes are outside ``ranges`` (the training data's limits), or None.
+
+    A model extrapolates without a warning: ``-3 1e300 -5`` gave ``-inf``.
+    """
+    bad = [f"{k} {house[k]:g} outside [{lo:g}, {hi:g}]" for k, (lo, hi) in ranges.items() if not lo <= house[k] <= hi]
+    return f"{'; '.join(bad)} (validate.houses)" if bad else None
+
+
+def collect_houses(args: list[str], needs_photos: bool, ranges: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
+    """One row per house line (or per unreadable info file): source, house_id, attributes, photos or error.
+
+    A line that does not parse or whose attributes are outside ``ranges`` is a row error.
+    """
     rows: list[dict[str, Any]] = []
     for arg in args:
         info = houses_info(arg)
@@ -254,6 +306,8 @@ def collect_houses(args: list[str], needs_photos: bool) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"source": str(info), "house_id": house_id, "error": None}
             try:
                 row.update(parse_house(line, price_required=False))
+                if reason := out_of_range(row, ranges):
+                    raise ValueError(reason)
                 if needs_photos:
                     row["photos"] = existing_photos(info.parent, house_id)
             except (ValueError, FileNotFoundError) as exc:
@@ -289,7 +343,7 @@ def _chunks(n: int) -> list[slice]:
     return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
-def predict_pets(served: Served, args: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+def predict_pets(served: Served, args: list[str], limits: Limits, batch_size: int = 64) -> list[dict[str, Any]]:
     """One row per file: path, predicted class, probability of each class, or error."""
     if not (served.classes and len(served.classes) == 2):
         raise PipelineError(
@@ -299,9 +353,12 @@ def predict_pets(served: Served, args: list[str], batch_size: int = 64) -> list[
     entries = collect_files(args)
     rows = [{"path": shown, "predicted": None, "probabilities": None, "error": error} for shown, _, error in entries]
     todo = [i for i, (_, file, error) in enumerate(entries) if error is None]
+    budget = MemoryBudget(limits.decode_budget)
     for part in _chunks(len(todo)):
         ids = todo[part]
-        decoded = _decode([entries[i][1] for i in ids], lambda p: read_image(p, served.image_size, served.resize))
+        decoded = _decode(
+            [entries[i][1] for i in ids], lambda p: read_image(p, served.image_size, served.resize, limits.max_pixels, budget)
+        )
         ok = []
         for i, (image, error) in zip(ids, decoded):
             if error:
@@ -311,15 +368,18 @@ def predict_pets(served: Served, args: list[str], batch_size: int = 64) -> list[
         if ok:
             p = predict_arrays(served.model, served.inputs, pd.DataFrame(), np.stack([im for _, im in ok]), batch_size)
             for (i, _), prob in zip(ok, p):
+                if not math.isfinite(prob):  # a broken model: an error, never a class picked from NaN
+                    rows[i]["error"] = f"the model's output is {prob}, not a probability"
+                    continue
                 rows[i].update(predicted=pos if prob >= 0.5 else neg, probabilities={neg: 1.0 - float(prob), pos: float(prob)})
         log.info("%d/%d files processed", part.stop, len(todo))
     return rows
 
 
-def predict_houses(served: Served, args: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+def predict_houses(served: Served, args: list[str], limits: Limits, batch_size: int = 64) -> list[dict[str, Any]]:
     """One row per house: source file, house id, predicted price, actual price and APE when given, or error."""
     needs_photos = "image" in served.inputs
-    houses = collect_houses(args, needs_photos)
+    houses = collect_houses(args, needs_photos, limits.ranges)
     rows = [
         {
             "source": h["source"],
@@ -333,11 +393,14 @@ def predict_houses(served: Served, args: list[str], batch_size: int = 64) -> lis
     ]
     todo = [i for i, h in enumerate(houses) if h["error"] is None]
     photo_size = served.image_size // 2
+    budget = MemoryBudget(limits.decode_budget)
     for part in _chunks(len(todo)):
         ids = todo[part]
         montages: list[np.ndarray | None] = [None] * len(ids)
         if needs_photos:
-            decoded = _decode([houses[i]["photos"] for i in ids], lambda ps: read_montage(ps, photo_size))
+            decoded = _decode(
+                [houses[i]["photos"] for i in ids], lambda ps: read_montage(ps, photo_size, limits.max_pixels, budget)
+            )
             for k, (i, (image, error)) in enumerate(zip(ids, decoded)):
                 rows[i]["error"], montages[k] = error, image
         ok = [k for k, i in enumerate(ids) if rows[i]["error"] is None]
@@ -346,6 +409,9 @@ def predict_houses(served: Served, args: list[str], batch_size: int = 64) -> lis
             images = np.stack([montages[k] for k in ok]) if needs_photos else None
             for k, price in zip(ok, predict_arrays(served.model, served.inputs, table, images, batch_size)):
                 row = rows[ids[k]]
+                if not math.isfinite(price):  # in-range inputs, yet no number: say so instead of printing inf
+                    row["error"] = f"the model's output is {price}, not a price"
+                    continue
                 row["predicted_price"] = float(price)
                 if row["price"] is not None and row["price"] != 0:
                     row["ape"] = abs(float(price) - row["price"]) / abs(row["price"]) * 100
@@ -402,8 +468,22 @@ def format_table(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in cells)]) + "\n"
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, in nested dicts and lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def render(served: Served, rows: list[dict[str, Any]], fmt: str) -> str:
-    """The output text: the table, or JSON with the variant, counts and one object per row."""
+    """The output text: the table, or JSON with the variant, counts and one object per row.
+
+    The JSON is strict (RFC 8259): a number that is not finite is written as ``null``, never ``NaN``/``Infinity``.
+    """
     if fmt == "json":
         doc = {
             "variant": served.name,
@@ -413,7 +493,7 @@ def render(served: Served, rows: list[dict[str, Any]], fmt: str) -> str:
             "errors": sum(r["error"] is not None for r in rows),
             "results": rows,
         }
-        return json.dumps(doc, indent=2) + "\n"
+        return json.dumps(finite(doc), indent=2, allow_nan=False) + "\n"
     return format_table(*table_rows(served.task, served.classes, rows))
 
 
@@ -432,9 +512,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    limits = limits_from(config.load())
+    # Pillow warns from 89 MP; validate.max_pixels is the cap here, and a refused image is an error row already
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return_freed_images_to_the_os()  # else each decode thread keeps the largest image it decoded
     served = load_registered(args.model) if args.model else load_variant(args.variant)
     run = predict_pets if served.task == "binary_classification" else predict_houses
-    rows = run(served, args.paths, args.batch_size)
+    rows = run(served, args.paths, limits, args.batch_size)
     text = render(served, rows, args.format)
     if args.output:
         files.write_text(args.output, text)

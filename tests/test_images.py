@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.images import ImageLimits, inspect, load, montage, resize, to_rgb
+from pipeline.data.images import ImageLimits, ImageTooLarge, MemoryBudget, inspect, load, montage, peak_bytes, resize, to_rgb
+from tests.hostile import header_only_png
 
 LIMITS = ImageLimits(min_side=16, max_side=8000, max_pixels=40_000_000)
 
@@ -107,6 +111,14 @@ REJECTED: list[tuple[str, Callable[[], bytes], ImageLimits, str]] = [
         "too large: 20x20 = 400 pixels exceeds max_pixels=100",
     ),
     ("wide.jpg", lambda: encode(photo(40, 20)), ImageLimits(16, 30, 10_000), "too large: 40x20, longer side over max_side=30"),
+    # no pixel data at all: "too large", not "truncated", shows the header alone decided (nothing was decoded)
+    (
+        "bomb.png",
+        lambda: header_only_png(13000, 13000),
+        LIMITS,
+        "too large: 13000x13000 = 169000000 pixels exceeds max_pixels=40000000",
+    ),
+    ("tall.png", lambda: header_only_png(100, 9000), LIMITS, "too large: 100x9000, longer side over max_side=8000"),
 ]
 
 
@@ -186,6 +198,50 @@ def test_to_rgb_palette_transparency_becomes_white() -> None:
     assert pixel(to_rgb(img)) == (255, 255, 255)
     del img.info["transparency"]
     assert pixel(to_rgb(img)) == (255, 0, 0)
+
+
+# --------------------------------------------------------------------------- bounded decoding
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, from 89 MP
+def test_load_refuses_an_image_over_max_pixels_from_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(header_only_png(13000, 13000))  # declares 169 MP, holds no pixels
+    with pytest.raises(ImageTooLarge, match="13000x13000 = 169000000 pixels exceeds max_pixels=40000000"):
+        load(path, 32, max_pixels=40_000_000)
+    with pytest.raises(OSError):  # the control: without the cap, the decode is attempted (and finds no data)
+        load(path, 32, max_pixels=None)
+
+
+def test_peak_bytes_counts_the_rgb_conversion() -> None:
+    # Pillow holds RGB as 4 bytes a pixel; RGBA adds a white background and the composite; L adds its RGB copy
+    assert peak_bytes(Image.new("RGB", (10, 20))) == 10 * 20 * 4
+    assert peak_bytes(Image.new("RGBA", (10, 20))) == 10 * 20 * 4 * 3
+    assert peak_bytes(Image.new("L", (10, 20))) == 10 * 20 * (1 + 4)
+
+
+def test_memory_budget_bounds_what_concurrent_holds_take() -> None:
+    """Holds never exceed the budget together; one larger than the budget runs, alone."""
+    budget = MemoryBudget(100)
+    live, seen, alone, lock = [0], [0], [], threading.Lock()
+
+    def work(n: int) -> None:
+        with budget.hold(n):
+            with lock:
+                live[0] += n
+                if n > 100:
+                    alone.append(live[0] == n)
+                else:
+                    seen[0] = max(seen[0], live[0])
+            time.sleep(0.005)
+            with lock:
+                live[0] -= n
+
+    sizes = [60, 30, 30, 250, 10, 90, 40] * 4
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, sizes))
+    assert live[0] == 0 and alone == [True] * 4
+    assert 60 <= seen[0] <= 100  # holds did run together, within the budget
 
 
 # --------------------------------------------------------------------------- resize

@@ -281,3 +281,127 @@ def test_cli_prints_a_table(project: Path) -> None:
     assert len(lines) == 2 + 160 + 1
     assert lines[-1].startswith("nowhere.txt") and lines[-1].endswith("no such file or folder")
     assert "tiny_houses: 160 houses predicted, 1 errors" in result.stderr
+
+
+# --------------------------------------------------------------------------- hostile inputs: bounded memory, clean rows
+
+MB = 2**20
+# TensorFlow and a tiny model take ~0.7 GB here; one decoded 13000² RGBA image with its RGB conversion would take 2 GB
+REFUSED_BOUND_MB = 1024
+BIG = 6300  # 6300² = 39.7 MP, under validate.max_pixels (40 MP): decoded, 476 MB each (peak_bytes), one at a time
+
+
+def strict_json(text: str) -> dict:
+    """``json.loads`` that refuses NaN and ±Infinity (Python's parser accepts them; JSON does not)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# The command runs under a small Python that reports its child's peak RSS: measured from pytest itself, the
+# child's ru_maxrss would include pytest's own memory, which the fork (before exec) counts as the child's.
+_PEAK_OF_CHILD = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(rc)"
+)
+
+
+def predict_peak(root: Path, out: Path, *paths: Path) -> tuple[int, dict, str]:
+    """Run ``python -m pipeline predict --variant tiny_pets --format json`` in a subprocess: (peak RSS in MB, output, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "pipeline", "predict", "--variant", "tiny_pets", "--format", "json", "--output", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_CHILD, *command, *map(str, paths)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return int(result.stdout.split()[-1]), strict_json(out.read_text()), result.stderr
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bombs/``: four 13000² RGBA PNGs (657 KB each, 169 MP: over max_pixels); ``big/``: four 6300² RGBA PNGs."""
+    from tests.hostile import blank_png
+
+    root = tmp_path_factory.mktemp("hostile")
+    for name, side in (("bombs", 13000), ("big", BIG)):
+        (root / name).mkdir()
+        first = blank_png(root / name / "0.png", side, side)
+        for k in (1, 2, 3):
+            shutil.copy(first, root / name / f"{k}.png")
+    return root
+
+
+def test_images_over_max_pixels_refused_from_the_header_in_bounded_memory(project: Path, hostile: Path, tmp_path: Path) -> None:
+    """Before: the four 13000² PNGs were decoded, 3.9 GB peak RSS (8 of them on 2 threads: 6.8 GB); now ~0.7 GB."""
+    cat = project / "data/raw/pets/PetImages/Cat/0.jpg"
+    peak, doc, stderr = predict_peak(project, tmp_path / "out.json", hostile / "bombs", cat)
+    rows = {Path(r["path"]).name: r for r in doc["results"]}
+    assert doc["predicted"] == 1 and rows["0.jpg"]["error"] is None
+    for k in range(4):
+        assert rows[f"{k}.png"]["error"] == (
+            "too large: 13000x13000 = 169000000 pixels exceeds max_pixels=40000000 (validate.max_pixels)"
+        )
+    assert "DecompressionBombWarning" not in stderr  # refused by our cap, not half-warned by Pillow's
+    assert peak < REFUSED_BOUND_MB, f"peak RSS {peak} MB"
+
+
+def test_large_allowed_images_decode_one_budget_at_a_time(project: Path, hostile: Path, tmp_path: Path) -> None:
+    """Four 476 MB decodes on all threads (8 jobs: the pool is used) add one decode's memory, not one per thread."""
+    from PIL import Image
+
+    from pipeline.data.images import DECODE_BUDGET, peak_bytes
+
+    with Image.open(hostile / "big/0.png") as im:
+        one = peak_bytes(im)
+    assert DECODE_BUDGET < 2 * one  # two cannot share the budget: they must decode one after the other
+    small = sorted((project / "data/raw/pets/PetImages/Cat").glob("*.jpg"))[:4]
+    base, _, _ = predict_peak(project, tmp_path / "base.json", *small)
+    peak, doc, _ = predict_peak(project, tmp_path / "big.json", hostile / "big", *small)
+    assert doc["predicted"] == 8 and doc["errors"] == 0
+    assert peak - base < one / MB + 128, f"peak RSS {peak} MB, {base} MB without the large images"
+
+
+def test_houses_out_of_range_attributes_are_row_errors_and_json_is_strict(project: Path, tmp_path: Path) -> None:
+    """``-3 1e300 -5 ABCDE`` was predicted as -inf (written as -Infinity); now a row error, the others predicted."""
+    src = project / HOUSES_DIR
+    for house in (1, 2, 3):
+        for photo in src.glob(f"{house}_*.jpg"):
+            shutil.copy(photo, tmp_path / photo.name)
+    good = (src / "HousesInfo.txt").read_text().splitlines()[0]
+    (tmp_path / "HousesInfo.txt").write_text(f"{good}\n-3 1e300 -5 ABCDE\n3 2 1e400 92276\n")
+    out = tmp_path / "out.json"
+    predict.main(["--variant", "tiny_houses", "--format", "json", "--output", str(out), str(tmp_path)])
+    doc = strict_json(out.read_text())
+    rows = {r["house_id"]: r for r in doc["results"]}
+    assert doc["predicted"] == 1 and rows[1]["error"] is None and isinstance(rows[1]["predicted_price"], float)
+    assert rows[2]["predicted_price"] is None and rows[2]["error"] == (
+        "bedrooms -3 outside [1, 20]; bathrooms 1e+300 outside [0.5, 20]; area -5 outside [100, 50000] (validate.houses)"
+    )
+    assert rows[3]["error"] == "not a finite number in '3 2 1e400 92276'"
+
+
+def test_a_non_finite_model_output_is_a_row_error(tmp_path: Path) -> None:
+    """A model that overflows on valid inputs: the row says so, the JSON stays JSON."""
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1e38))])
+    served = predict.Served("overflow", model, ("tabular",), "regression", None, 64, "squash")
+    (tmp_path / "HousesInfo.txt").write_text("3 2 1800 92276 500000\n")
+    limits = predict.Limits(40_000_000, {"bedrooms": (1, 20), "bathrooms": (0.5, 20), "area": (100, 50000)})
+    (row,) = predict.predict_houses(served, [str(tmp_path)], limits)
+    assert row["predicted_price"] is None and row["ape"] is None and row["error"] == "the model's output is inf, not a price"
+    assert strict_json(predict.render(served, [row], "json"))["errors"] == 1
+
+
+def test_render_writes_strict_json() -> None:
+    served = predict.Served("v", None, ("tabular",), "regression", None, 64, "squash")
+    rows = [{"source": "a", "predicted_price": float("-inf"), "ape": float("nan"), "nested": [1.5, float("inf")], "error": None}]
+    doc = strict_json(predict.render(served, rows, "json"))
+    assert doc["results"] == [{"source": "a", "predicted_price": None, "ape": None, "nested": [1.5, None], "error": None}]

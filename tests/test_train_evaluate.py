@@ -356,3 +356,23 @@ def test_shared_object_ids_are_numbered_by_appearance_not_by_address() -> None:
     )
     renumbered = '{"a": {"shared_object_id": 0}, "b": {"shared_object_id": 1}, "c": {"shared_object_id": 0}}'
     assert _renumber_shared_objects(config) == renumbered
+
+
+def test_evaluate_refuses_an_unsafe_model_in_one_line(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model.keras with a Python lambda inside is not run: exit 1 and one line naming the file, as predict does."""
+    import keras
+
+    from pipeline import __main__ as cli_main
+
+    copy_project(trained, tmp_path, "data/prepared", "models", "reports/train")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    unsafe = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Lambda(lambda x: x[:, :1, 0, 0])])
+    unsafe.save(tmp_path / "models/tiny_seq/model.keras")
+    assert cli_main.main(["evaluate", "tiny_seq"]) == 1
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "\n" not in error and error.startswith("models/tiny_seq/model.keras: cannot load the model: ")
+    assert "Lambda" in error and "arbitrary code execution" in error
+    assert not (tmp_path / "reports/metrics/tiny_seq.json").exists()

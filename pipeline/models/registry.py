@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.models import houses_knobs, pets_knobs, transfer_knobs
@@ -117,6 +118,25 @@ def build(name: str, spec: ModelSpec) -> keras.Model:
             f"model {name!r} takes {', '.join(entry.inputs)}: image_size and tta {spec.tta!r} need an image-only model"
         )
     return wrap.image_model(model, spec)
+
+
+def load_trained(path: Path) -> keras.Model:
+    """``keras.models.load_model(path, safe_mode=True)`` with the project's layers registered.
+
+    A file that cannot be loaded (missing, corrupt, foreign, or unsafe: a
+    ``Lambda`` layer's Python code) raises a one-line
+    :class:`~pipeline.errors.PipelineError` naming it, not a traceback.
+    """
+    import keras
+
+    from pipeline.errors import PipelineError
+
+    _load()  # the families register the custom layers load_model needs
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, TypeError, OSError, zipfile errors...: this file only
+        why = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise PipelineError(f"{path}: cannot load the model: {why}") from None
 
 
 def _load() -> None:
