@@ -46,35 +46,37 @@ def project(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     return root
 
 
-def launch(root: Path, variant: str = VARIANT) -> subprocess.Popen:
+def launch(root: Path, stage: str = f"train@{VARIANT}") -> subprocess.Popen:
+    """``python -m pipeline train <variant>`` for ``train@<variant>``, ``python -m pipeline pretrain`` for ``pretrain``."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(REPO)}
     log = (root / "train.log").open("a")
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", variant], cwd=root, env=env, stdout=log, stderr=log)
+    argv = stage.split("@")
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *argv], cwd=root, env=env, stdout=log, stderr=log)
 
 
-def saved_state(root: Path, variant: str = VARIANT) -> checkpoint.State | None:
-    found = list((root / paths.checkpoints(f"train@{variant}")).glob("*/state.json"))
+def saved_state(root: Path, stage: str = f"train@{VARIANT}") -> checkpoint.State | None:
+    found = list((root / paths.checkpoints(stage)).glob("*/state.json"))
     return checkpoint.load(found[0].parent) if found else None
 
 
-def kill_after(root: Path, epochs: int, sig: int, variant: str = VARIANT) -> tuple[int, checkpoint.State]:
+def kill_after(root: Path, epochs: int, sig: int, stage: str = f"train@{VARIANT}") -> tuple[int, checkpoint.State]:
     """Start the stage, send ``sig`` once its checkpoint holds ``epochs`` epochs; return its exit code and last checkpoint."""
-    process = launch(root, variant)
+    process = launch(root, stage)
     deadline = time.monotonic() + 300
-    while (state := saved_state(root, variant)) is None or state.epoch < epochs:
+    while (state := saved_state(root, stage)) is None or state.epoch < epochs:
         assert process.poll() is None, (root / "train.log").read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(sig)
     code = process.wait(120)
-    return code, saved_state(root, variant)
+    return code, saved_state(root, stage)
 
 
-def the_run(root: Path):  # noqa: ANN201
+def the_run(root: Path, experiment: str = "pets"):  # noqa: ANN201
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("pets").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return client, run
 
 
@@ -131,16 +133,38 @@ def test_transfer_learning_resumes_in_its_fine_tuning_phase(tmp_path_factory: py
     sections = {"pretrain": PRETRAIN, "variants": variants}
     whole = trained_project(tmp_path_factory, "finetune-whole", parts, sections, [("pretrain", [])])
     cut = copy_project(whole, tmp_path_factory.mktemp("finetune-cut"), "data/prepared/pets", "data/stats", "models/pretrain")
-    assert launch(whole, "finetune").wait(600) == 0, (whole / "train.log").read_text()[-3000:]
-    code, state = kill_after(cut, 2, signal.SIGKILL, "finetune")  # 1 epoch of the head, then 1 of fine-tuning
+    assert launch(whole, "train@finetune").wait(600) == 0, (whole / "train.log").read_text()[-3000:]
+    code, state = kill_after(cut, 2, signal.SIGKILL, "train@finetune")  # 1 epoch of the head, then 1 of fine-tuning
     assert code == -signal.SIGKILL and state.phase == "finetune" and state.epoch in (2, 3)
-    assert launch(cut, "finetune").wait(600) == 0, (cut / "train.log").read_text()[-3000:]
+    assert launch(cut, "train@finetune").wait(600) == 0, (cut / "train.log").read_text()[-3000:]
     assert f"resuming finetune at epoch {state.epoch + 1}" in (cut / "train.log").read_text()
     history = pd.read_csv(cut / paths.history("finetune"))
     assert history.epoch.tolist() == [0, 1, 2, 3]
     pd.testing.assert_frame_equal(history, pd.read_csv(whole / paths.history("finetune")), check_exact=True)
     md5 = tracking.file_md5(whole / paths.model("finetune") / "model.keras")
     assert tracking.file_md5(cut / paths.model("finetune") / "model.keras") == md5
+
+
+@pytest.mark.slow
+def test_a_killed_pretrain_resumes_and_ends_as_an_uninterrupted_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.test_transfer import PRETRAIN
+
+    parts = ("data/raw/houses", "data/validated/houses", "data/stats")
+    whole = trained_project(tmp_path_factory, "pretrain-whole", parts, {"pretrain": {**PRETRAIN, "epochs": 3}}, [])
+    cut = copy_project(whole, tmp_path_factory.mktemp("pretrain-cut"), *parts)
+    assert launch(whole, "pretrain").wait(600) == 0, (whole / "train.log").read_text()[-3000:]
+    code, state = kill_after(cut, 1, signal.SIGKILL, "pretrain")
+    assert code == -signal.SIGKILL and state.epoch in (1, 2)
+    assert launch(cut, "pretrain").wait(600) == 0, (cut / "train.log").read_text()[-3000:]
+    assert f"at epoch {state.epoch + 1}" in (cut / "train.log").read_text()
+    history = pd.read_csv(cut / paths.PRETRAIN / "history.csv")
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / paths.PRETRAIN / "history.csv"), check_exact=True)
+    md5 = tracking.file_md5(whole / paths.PRETRAIN / "backbone.keras")
+    assert tracking.file_md5(cut / paths.PRETRAIN / "backbone.keras") == md5
+    client, run = the_run(cut, tracking.PRETRAIN_EXPERIMENT)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.RESUME_TAG] == "1"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
+    assert not (cut / paths.checkpoints("pretrain")).exists() or not any((cut / paths.checkpoints("pretrain")).iterdir())
 
 
 def test_epoch_plan_depends_on_seed_and_epoch_only() -> None:
