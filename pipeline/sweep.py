@@ -12,7 +12,10 @@ add one, ``++key=value`` for either, ``~key`` to delete one.
 A task (:func:`run_experiment`) runs in a Dask worker: it clones the commit
 from the git remote ``origin``, ``dvc pull``\\ s what the DVC remote has, runs
 ``dvc exp run -n <name> -S ...`` and ``dvc exp push origin <name>``, and
-returns the experiment's metrics and the tail of its log. The worker's clone
+returns the experiment's metrics and the tail of its log; what a restarting
+server fails (the object store, the tracking server) it retries with backoff,
+and tracking calls it could not replay travel back to the client's spool
+(:func:`take_spool`). The worker's clone
 is a temporary folder, so the tracking store must be shared: ``MLFLOW_TRACKING_URI``
 must name a server or an absolute database path; it, the credentials
 (``MLFLOW_*``, ``AWS_*``, ``DVC_*``, ``PIPELINE_*``) and ``.dvc/config.local``
@@ -281,7 +284,7 @@ def with_backoff(attempt: Callable[[], bool], what: str, window: float, transien
             return True
         if not transient() or time.monotonic() + wait > deadline:
             return False
-        log.info("%s failed; trying again in %.0f s", what, wait)
+        log.warning("%s failed; trying again in %.0f s", what, wait)  # a warning: Dask's worker logs show no info
         time.sleep(wait)
         wait = min(2 * wait, BACKOFF_S[1])
 
@@ -407,7 +410,9 @@ def run_experiment(exp: Experiment, src: Source) -> Outcome:
     tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-sweep-{exp.name}-"))
     clone, logfile = tmp / "repo", tmp / "sweep.log"
     venv_bin = str(Path(sys.executable).parent)
-    full_env = {**os.environ, **src.env, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    path = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    # the tracking defaults bound the requests of the spool's replay too (`tracking sync` does not set them itself)
+    full_env = {**tracking.HTTP_DEFAULTS, **os.environ, **src.env, "PATH": path, "DVC_NO_ANALYTICS": "1"}
     window = _retry_window(full_env)
     dvc = [sys.executable, "-m", "dvc"]
     outcome = Outcome(exp.name, exp.overrides, ok=False, worker=_worker_name())
