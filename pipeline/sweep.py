@@ -12,7 +12,10 @@ add one, ``++key=value`` for either, ``~key`` to delete one.
 A task (:func:`run_experiment`) runs in a Dask worker: it clones the commit
 from the git remote ``origin``, ``dvc pull``\\ s what the DVC remote has, runs
 ``dvc exp run -n <name> -S ...`` and ``dvc exp push origin <name>``, and
-returns the experiment's metrics and the tail of its log. The worker's clone
+returns the experiment's metrics and the tail of its log; what a restarting
+server fails (the object store, the tracking server) it retries with backoff,
+and tracking calls it could not replay travel back to the client's spool
+(:func:`take_spool`). The worker's clone
 is a temporary folder, so the tracking store must be shared: ``MLFLOW_TRACKING_URI``
 must name a server or an absolute database path; it, the credentials
 (``MLFLOW_*``, ``AWS_*``, ``DVC_*``, ``PIPELINE_*``) and ``.dvc/config.local``
@@ -33,9 +36,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import paths
+from pipeline import paths, spool, tracking
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,12 @@ FORWARD_PREFIXES = ("MLFLOW_", "AWS_", "DVC_", "PIPELINE_", "GIT_AUTHOR_", "GIT_
 FORWARD_NAMES = ("GX_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PYTHONHASHSEED", "TF_CPP_MIN_LOG_LEVEL")
 SHARED_DATABASES = ("postgresql", "mysql", "mssql")  # a database server: shared like an HTTP tracking server
 TAIL_LINES = 40
+# A restarting tracking server or object store is back in seconds: a task retries what failed on it with backoff for
+# up to this long (PIPELINE_SWEEP_RETRY_S) before giving up, rather than raising and retraining the whole experiment.
+RETRY_WINDOW_S = 180.0
+BACKOFF_S = (2.0, 30.0)  # the first wait, doubled each time up to the second
+# What a stage prints when the tracking server went away under it (pipeline.tracking's probe, MLflow's REST client).
+OUTAGE = re.compile(r"tracking server \S+ is unreachable|Max retries exceeded with url: /api/2\.0/mlflow")
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class Outcome:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str = ""
     log_tail: str = ""
+    spool: bytes = b""  # the clone's tracking spool (pack_spool) when it could not be replayed from the worker
 
 
 # --- parsing ---------------------------------------------------------------------------------------------------
@@ -261,6 +272,23 @@ def _step(command: list[str], cwd: Path, env: Mapping[str, str], logfile: Path) 
         return subprocess.run(command, cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT).returncode
 
 
+def with_backoff(attempt: Callable[[], bool], what: str, window: float, transient: Callable[[], bool] = lambda: True) -> bool:
+    """Call ``attempt`` until it succeeds, waiting 2, 4, 8 ... 30 s between tries, for up to ``window`` seconds.
+
+    ``transient`` says, after a failure, whether trying again can help; when it
+    says no, or the next wait would pass the window, the answer is False.
+    """
+    deadline, wait = time.monotonic() + window, BACKOFF_S[0]
+    while True:
+        if attempt():
+            return True
+        if not transient() or time.monotonic() + wait > deadline:
+            return False
+        log.warning("%s failed; trying again in %.0f s", what, wait)  # a warning: Dask's worker logs show no info
+        time.sleep(wait)
+        wait = min(2 * wait, BACKOFF_S[1])
+
+
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
     """The last ``lines`` lines of a text file ("" when it is missing)."""
     try:
@@ -285,21 +313,110 @@ def _worker_name() -> str:
         return socket.gethostname()
 
 
+def pack_spool(folder: Path) -> bytes:
+    """The run folders of the tracking spool ``folder`` with calls queued, as a gzipped tar (b"" when none)."""
+    runs = spool.pending(folder)
+    if not runs:
+        return b""
+    with tempfile.TemporaryFile() as buffer:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for run_id in runs:
+                with spool.locked(folder, run_id):  # never half an append
+                    tar.add(folder / run_id, arcname=run_id)
+        buffer.seek(0)
+        return buffer.read()
+
+
+def adopt_spool(data: bytes, folder: Path) -> list[str]:
+    """Unpack a :func:`pack_spool` into the spool ``folder`` beside its own runs; the run ids it added.
+
+    A run already there is left as it is (a run id is written by one process
+    only: the same folder twice is one queue adopted twice).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    added = []
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".spool-incoming-") as tmp:
+        with tempfile.TemporaryFile() as buffer:
+            buffer.write(data)
+            buffer.seek(0)
+            with tarfile.open(fileobj=buffer, mode="r:gz") as tar:
+                tar.extractall(tmp, filter="data")  # no absolute paths, links out or devices: it came over the network
+        for run in sorted(Path(tmp).iterdir()):
+            with spool.locked(folder, run.name):
+                if (folder / run.name).exists():
+                    log.warning("tracking spool %s: already here; the copy from the sweep was dropped", folder / run.name)
+                    continue
+                run.rename(folder / run.name)
+            added.append(run.name)
+    return added
+
+
+def _retry_window(env: Mapping[str, str]) -> float:
+    try:
+        return float(env.get("PIPELINE_SWEEP_RETRY_S", RETRY_WINDOW_S))
+    except ValueError:
+        raise PipelineError(f"PIPELINE_SWEEP_RETRY_S={env['PIPELINE_SWEEP_RETRY_S']!r}: not a number of seconds") from None
+
+
+def _exp_run(exp: Experiment, clone: Path, env: Mapping[str, str], logfile: Path, window: float) -> bool:
+    """``dvc exp run``, run again while the tracking server is away: a stage that starts in its restart fails.
+
+    DVC reruns only the stages that did not complete (the others are in the
+    workspace's dvc.lock), so the run of a stage that trained is not repeated.
+    """
+    sets = [arg for o in exp.overrides for arg in ("-S", o)]
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--name", exp.name, *sets]
+    begun = [0]
+
+    def attempt() -> bool:
+        begun[0] = logfile.stat().st_size
+        return not _step(command, clone, env, logfile)
+
+    def outage() -> bool:
+        with logfile.open(errors="replace") as text:
+            text.seek(begun[0])
+            return bool(OUTAGE.search(text.read()))
+
+    return with_backoff(attempt, f"{exp.name}: dvc exp run (tracking server away)", window, outage)
+
+
+def _replay_spool(exp: Experiment, clone: Path, env: Mapping[str, str], logfile: Path, window: float) -> bytes:
+    """Replay the tracking calls an outage spooled in the clone; what is still queued after ``window``, packed."""
+    queue = clone / tracking.SPOOL
+    if not spool.pending(queue):
+        return b""
+    sync = [sys.executable, "-m", "pipeline", "tracking", "sync"]  # the clone's code, as its stages ran
+    if with_backoff(lambda: not _step(sync, clone, env, logfile), f"{exp.name}: tracking sync", window):
+        return b""
+    log.warning(
+        "%s: tracking calls of runs %s not replayed in %.0f s: sent back to the client", exp.name, spool.pending(queue), window
+    )
+    return pack_spool(queue)
+
+
 def run_experiment(exp: Experiment, src: Source) -> Outcome:
     """The Dask task: clone ``src.commit`` of ``src.url``, pull, ``dvc exp run`` ``exp``, push it to ``origin``; clean up.
 
     A failed ``dvc exp run`` is an outcome (ok false, with the log's tail),
     not an exception, so Dask does not retry it; a failed clone or push raises,
-    and Dask retries the task (``retries``). The subprocesses run this
+    and Dask retries the task (``retries``). Steps that fail while a server
+    restarts are retried here first, with backoff (:data:`RETRY_WINDOW_S`): the
+    pull and the push (the object store), ``dvc exp run`` when the tracking
+    server was away, the replay of the clone's tracking spool; a spool still
+    queued after that travels back in the outcome. The subprocesses run this
     worker's Python (the venv) with the forwarded ``src.env`` on top of its own.
     """
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f"pipeline-sweep-{exp.name}-"))
     clone, logfile = tmp / "repo", tmp / "sweep.log"
     venv_bin = str(Path(sys.executable).parent)
-    full_env = {**os.environ, **src.env, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    path = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    # the tracking defaults bound the requests of the spool's replay too (`tracking sync` does not set them itself)
+    full_env = {**tracking.HTTP_DEFAULTS, **os.environ, **src.env, "PATH": path, "DVC_NO_ANALYTICS": "1"}
+    window = _retry_window(full_env)
     dvc = [sys.executable, "-m", "dvc"]
     outcome = Outcome(exp.name, exp.overrides, ok=False, worker=_worker_name())
+    keep = False
     try:
         for command in (["git", "clone", "--quiet", src.url, str(clone)], ["git", "checkout", "--quiet", "--detach", src.commit]):
             if _step(command, clone if clone.is_dir() else tmp, full_env, logfile):
@@ -309,12 +426,18 @@ def run_experiment(exp: Experiment, src: Source) -> Outcome:
         if _step(["git", "config", "user.email"], clone, full_env, logfile):  # dvc exp run commits: it needs an identity
             _step(["git", "config", "user.name", "pipeline sweep"], clone, full_env, logfile)
             _step(["git", "config", "user.email", "sweep@localhost"], clone, full_env, logfile)
-        if _step([*dvc, "pull", "--allow-missing"], clone, full_env, logfile):
+        pull = [*dvc, "pull", "--allow-missing"]
+        if not with_backoff(lambda: not _step(pull, clone, full_env, logfile), f"{exp.name}: dvc pull", window):
             log.info("%s: dvc pull incomplete; dvc exp run rebuilds what is missing", exp.name)  # the remote may lack outputs
-        sets = [arg for o in exp.overrides for arg in ("-S", o)]
-        if _step([*dvc, "exp", "run", "--name", exp.name, *sets], clone, full_env, logfile):
+        ran = _exp_run(exp, clone, full_env, logfile, window)
+        outcome.spool = _replay_spool(exp, clone, full_env, logfile, window)  # a failed run's calls count too
+        push = [*dvc, "exp", "push", "origin", exp.name]
+        if not ran:
             outcome.error = "dvc exp run failed"
-        elif _step([*dvc, "exp", "push", "origin", exp.name], clone, full_env, logfile):
+        elif not with_backoff(lambda: not _step(push, clone, full_env, logfile), f"{exp.name}: dvc exp push", window):
+            keep = bool(outcome.spool)  # the outcome (and the spool in it) is lost with the exception: keep the clone's
+            if keep:
+                log.warning("%s: tracking calls left in %s: run `python -m pipeline tracking sync` there", exp.name, clone)
             raise RuntimeError(f"{exp.name}: dvc exp push origin failed\n{tail(logfile)}")
         else:
             outcome.ok, outcome.metrics = True, _metrics(clone)
@@ -322,7 +445,8 @@ def run_experiment(exp: Experiment, src: Source) -> Outcome:
         outcome.seconds = time.perf_counter() - start
         return outcome
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- the client ------------------------------------------------------------------------------------------------
@@ -362,11 +486,34 @@ def sweep(address: str, experiments: Sequence[Experiment], src: Source, retries:
             except Exception as exc:  # noqa: BLE001 - a task that raised after its retries, or lost its workers: report it, keep the others
                 outcome = Outcome(exp.name, exp.overrides, ok=False, error=f"{type(exc).__name__}: {exc}".strip())
             outcomes[exp.name] = outcome
+            if outcome.spool:
+                take_spool(outcome)
             state = "done" if outcome.ok else "FAILED"
             log.info(
                 "[%d/%d] %s %s (%.0f s on %s)", done, len(experiments), exp.name, state, outcome.seconds, outcome.worker or "?"
             )
     return [outcomes[exp.name] for exp in experiments]
+
+
+def take_spool(outcome: Outcome, start: Path | None = None) -> list[str]:
+    """Put a task's unreplayed tracking calls into this project's spool and try to replay them; the runs still queued.
+
+    They were spooled in the worker's clone, which is gone: here, ``python -m
+    pipeline tracking sync`` (or the next stage) replays what the server refused now.
+    """
+    folder = tracking.spool_folder(start)
+    runs = adopt_spool(outcome.spool, folder)
+    outcome.spool = b""
+    log.info("%s: tracking calls of runs %s taken into %s", outcome.name, ", ".join(runs), folder)
+    _, left = tracking.sync(start)
+    if left:
+        log.warning(
+            "%s: tracking calls of runs %s wait in %s: run `python -m pipeline tracking sync` once the server is back",
+            outcome.name,
+            ", ".join(left),
+            folder,
+        )
+    return left
 
 
 def key_metrics(outcome: Outcome) -> str:
@@ -441,6 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     prefix = args.name or datetime.now(UTC).strftime("sweep-%Y%m%d-%H%M%S")
     experiments = name_experiments(sets, prefix)
     env = task_env(os.environ)
+    _retry_window(env)  # a bad value fails here, not in every task
     address = scheduler_address(args.scheduler, os.environ)
     outcomes = sweep(address, experiments, source(Path.cwd(), env), args.retries)
     print(table(outcomes))

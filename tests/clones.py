@@ -19,8 +19,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sh(cwd: Path, *command: str, timeout: int = 900, env: Mapping[str, str] | None = None, check: bool = True) -> str:
-    """Run ``command`` in ``cwd`` with the virtualenv first on PATH; fail the test with its output unless it succeeds."""
+def command_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without its tracking, S3 and Dask settings, the virtualenv first on PATH, ``env`` on top."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "AWS_", "DASK_"))}
     base.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
@@ -30,7 +30,12 @@ def sh(cwd: Path, *command: str, timeout: int = 900, env: Mapping[str, str] | No
         GIT_COMMITTER_NAME="t",
         GIT_COMMITTER_EMAIL="t@example.com",
     )
-    done = subprocess.run(command, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return {**base, **(env or {})}
+
+
+def sh(cwd: Path, *command: str, timeout: int = 900, env: Mapping[str, str] | None = None, check: bool = True) -> str:
+    """Run ``command`` in ``cwd`` with :func:`command_env`; fail the test with its output unless it succeeds."""
+    done = subprocess.run(command, cwd=cwd, env=command_env(env), capture_output=True, text=True, timeout=timeout)
     if check:
         assert done.returncode == 0, (
             f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import sweep
+from pipeline import spool, sweep, tracking
 from pipeline.errors import PipelineError
 from tests.pipeline_project import REPO
 
@@ -188,6 +190,95 @@ def test_the_source_is_origin_at_head_with_the_local_dvc_config(tmp_path: Path) 
     subprocess.run(["git", "-C", str(repo), "remote", "remove", "origin"], check=True)
     with pytest.raises(PipelineError, match="^git remote get-url origin in .*repo: .*origin"):
         sweep.source(repo, SERVER)
+
+
+def test_a_step_is_retried_with_backoff_until_it_passes_or_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sweep, "BACKOFF_S", (0.05, 0.2))
+    count, log = tmp_path / "count", tmp_path / "log"
+    # a real command that fails twice (a store restarting), then passes
+    flaky = ["sh", "-c", 'n=$(cat count 2>/dev/null || echo 0); echo $((n + 1)) > count; [ "$n" -ge 2 ]']
+
+    def attempt() -> bool:
+        return not sweep._step(flaky, tmp_path, os.environ, log)
+
+    assert sweep.with_backoff(attempt, "flaky", window=10)
+    assert count.read_text().strip() == "3" and log.read_text().count("$ sh -c") == 3
+    count.unlink()
+    assert not sweep.with_backoff(attempt, "flaky", window=0.1)  # 2 tries (0.05 s, then 0.1 s would pass the window)
+    assert count.read_text().strip() == "2"
+    count.unlink()
+    assert not sweep.with_backoff(attempt, "flaky", window=10, transient=lambda: False)  # a real failure: once
+    assert count.read_text().strip() == "1"
+
+
+def test_the_outage_pattern_matches_what_a_stage_prints_when_the_server_is_away() -> None:
+    probe = "pipeline.errors.PipelineError: tracking server http://127.0.0.1:5050 is unreachable ([Errno 111] Connection refused)"
+    rest = "Max retries exceeded with url: /api/2.0/mlflow/runs/create (Caused by NewConnectionError"
+    assert sweep.OUTAGE.search(probe) and sweep.OUTAGE.search(rest)
+    assert not sweep.OUTAGE.search("variants.lenet5.train.optimizer: 'adamx' is not one of")
+
+
+def _spooled_run(folder: Path, uri: str, run_id: str, files: Path) -> None:
+    """Queue a run's calls in ``folder`` as an outage would: two epochs, a file, the end."""
+    (files / "notes.txt").write_text("n")
+    spool.append(folder, run_id, {"op": "batch", "metrics": [["loss", 1.0, 1000, 0]], "uri": uri})
+    spool.append(folder, run_id, {"op": "batch", "metrics": [["loss", 0.5, 2000, 1]], "uri": uri})
+    spool.append(folder, run_id, {"op": "artifacts", "folder": "notes", "uri": uri}, files / "notes.txt")
+    spool.append(folder, run_id, {"op": "terminate", "status": "FINISHED", "end_time": 3000, "uri": uri})
+
+
+def test_a_packed_spool_unpacks_beside_the_runs_already_there(tmp_path: Path) -> None:
+    clone, home = tmp_path / "clone" / "logs/tracking-spool", tmp_path / "home" / "logs/tracking-spool"
+    for folder in (clone, home):
+        folder.mkdir(parents=True)
+    _spooled_run(clone, "http://127.0.0.1:9", "run-a", tmp_path)
+    _spooled_run(home, "http://127.0.0.1:9", "run-mine", tmp_path)
+    assert sweep.pack_spool(tmp_path / "nothing") == b""
+    data = sweep.pack_spool(clone)
+    shutil.rmtree(tmp_path / "clone")  # the worker's clone is gone: the bytes hold everything
+    (tmp_path / "notes.txt").unlink()
+    assert sweep.adopt_spool(data, home) == ["run-a"]
+    assert sorted(spool.pending(home)) == ["run-a", "run-mine"]
+    ops = [r["op"] for r in spool.records(home, "run-a")]
+    assert ops == ["batch", "batch", "artifacts", "terminate"]
+    assert Path(spool.records(home, "run-a")[2]["path"]).read_text() == "n"
+    assert sweep.adopt_spool(data, home) == []  # the same queue again is not queued twice
+    assert len(spool.records(home, "run-a")) == 4
+    assert [p.name for p in home.parent.iterdir()] == ["tracking-spool"]  # no unpacking folder left
+
+
+def test_the_client_takes_a_tasks_spool_and_replays_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task's queue the server refused comes home: kept in the project's spool, replayed once the server is back."""
+    import mlflow
+
+    from tests import mlflowserver
+    from tests.faultproxy import FaultProxy
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (tmp_path / "store").mkdir()
+    with mlflowserver.serve(tmp_path / "store") as base, FaultProxy(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as proxy:
+        client = mlflow.MlflowClient(proxy.url)
+        run_id = client.create_run(client.create_experiment("pets")).info.run_id
+        queue = tmp_path / "clone" / "logs/tracking-spool"
+        _spooled_run(queue, proxy.url, run_id, tmp_path)
+        outcome = sweep.Outcome("s-1", ("a=1",), True, spool=sweep.pack_spool(queue))
+        proxy.set("refuse")
+        with caplog.at_level(logging.WARNING, logger="pipeline.sweep"):
+            assert sweep.take_spool(outcome, home) == [run_id]
+        assert f"s-1: tracking calls of runs {run_id} wait in {home / 'logs/tracking-spool'}" in caplog.text
+        assert "run `python -m pipeline tracking sync` once the server is back" in caplog.text
+        assert outcome.spool == b"" and spool.pending(home / "logs/tracking-spool") == [run_id]
+        proxy.set("forward")
+        assert tracking.sync(home) == (4, [])
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1]
+        assert [a.path for a in client.list_artifacts(run_id, "notes")] == ["notes/notes.txt"]
 
 
 # --- output ----------------------------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ and pushes her outputs to its DVC remote; Bob clones from the shared git
 remote, pulls, finds ``dvc status`` clean and renders the report without
 training. Accounts are checked (401, 403, a wrong password), the stack is
 stopped and started with everything still there, and at the end every process
-it started is gone.
+it started is gone. A sweep on the stack's workers survives a worker killed
+mid-task and the tracking server and object store killed and restarted.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import json
 import os
@@ -22,13 +24,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from pipeline import spool
 from pipeline.stack.layout import read_env
-from tests.clones import edit, link_venv, sh, working_tree_clone
+from tests.clones import REPO, command_env, edit, link_venv, sh, working_tree_clone
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,6 +41,7 @@ pytestmark = [
     ),
 ]
 VARIANTS = ("lenet5", "mlp_tabular")
+T = TypeVar("T")
 
 
 class Team:
@@ -49,7 +54,10 @@ class Team:
         self.passwords: dict[str, str] = {}
 
     def stack_cmd(self, cwd: Path, *args: str, timeout: int = 300) -> str:
-        return sh(cwd, "python", "-m", "pipeline", "stack", "--dir", str(self.stack), *args, timeout=timeout)
+        # PYTHONPATH: the Dask workers import the task (pipeline.sweep) from the checkout under test, not from
+        # wherever the virtualenv's editable install points (as benchmarks/sweep.py's workers do)
+        env = {"PYTHONPATH": str(REPO)}
+        return sh(cwd, "python", "-m", "pipeline", "stack", "--dir", str(self.stack), *args, timeout=timeout, env=env)
 
     def env(self, user: str | None = None) -> dict[str, str]:
         """``.stack/env`` as a dict, with ``user``'s account instead of the admin's."""
@@ -197,16 +205,8 @@ def test_bob_sweeps_two_experiments_on_the_stack_workers(team: Team) -> None:
     overrides = [a for rate in rates for a in ("-S", f"++variants.lenet5.train.learning_rate={rate}")]
     out = sh(bob, "python", "-m", "pipeline", "sweep", *overrides, "--name", "lr", env=team.env("bob"), timeout=1500)
     assert "FAILED" not in out and "lr-1" in out and "lr-2" in out, out[-3000:]  # exit 0 checked by sh
-    alice = team.root / "alice"
-    sh(alice, "dvc", "exp", "pull", "origin", "lr-1", "lr-2", env=team.env("alice"))
-    shown = json.loads(sh(alice, "dvc", "exp", "show", "--json", env=team.env("alice")))
-    landed = {}
-    for baseline in shown:
-        for exp in baseline.get("experiments") or []:
-            data = exp["revs"][0]["data"]
-            rate = data["params"]["params.yaml"]["data"]["variants"]["lenet5"]["train"]["learning_rate"]
-            landed[exp["revs"][0]["name"]] = (rate, data["metrics"]["reports/metrics/lenet5.json"]["data"]["accuracy"])
-    assert {name: rate for name, (rate, _) in landed.items()} == {"lr-1": 0.003, "lr-2": 0.0003}, landed
+    landed = _landed(team, "lr-1", "lr-2")
+    assert landed == {"lr-1": 0.003, "lr-2": 0.0003}, landed
     logged = _sql(
         team,
         "select count(distinct r.run_uuid) from runs r join params p on p.run_uuid = r.run_uuid "
@@ -214,6 +214,92 @@ def test_bob_sweeps_two_experiments_on_the_stack_workers(team: Team) -> None:
         "join latest_metrics m on m.run_uuid = r.run_uuid and m.key = 'test_accuracy' where r.name = 'lenet5'",
     )
     assert logged >= 2  # both experiments' runs, evaluated, on the server
+
+
+def test_a_sweep_loses_nothing_to_a_killed_worker_and_restarted_servers(team: Team) -> None:
+    """Mid-sweep: a worker dies (SIGKILL), the tracking server is killed mid-training and so is the object store mid-push.
+
+    Each comes back by ``stack up`` a few seconds later (the nanny restarts the
+    worker). Both experiments land in origin, each of their runs once, finished,
+    with every epoch and its test metric, and no spool is left anywhere.
+    """
+    names, rates = ("faults-1", "faults-2"), ("0.002", "0.0002")
+    tmp = Path(tempfile.gettempdir())  # the stack's workers make their clones in the same one
+    before = set(tmp.glob("pipeline-sweep-faults-*"))
+    try:
+        _sweep_through_faults(team, names, rates, tmp)
+    finally:
+        for folder in set(tmp.glob("pipeline-sweep-faults-*")) - before:  # the dead worker's clone
+            shutil.rmtree(folder)
+
+
+def _sweep_through_faults(team: Team, names: tuple[str, ...], rates: tuple[str, ...], tmp: Path) -> None:
+    """Bob's sweep of one experiment per rate with the faults injected, and what must hold at its end."""
+    bob, alice = team.root / "bob", team.root / "alice"
+    overrides = [a for rate in rates for a in ("-S", f"++variants.lenet5.train.learning_rate={rate}")]
+    before = set(tmp.glob("pipeline-sweep-faults-*"))
+    start_ms, started = int(time.time() * 1000), time.monotonic()
+    with (team.root / "faults.log").open("wb") as out:
+        sweeping = subprocess.Popen(
+            ["python", "-m", "pipeline", "sweep", *overrides, "--name", "faults"],
+            cwd=bob,
+            env=command_env(team.env("bob")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # 1. the worker running faults-1, with everything it started, as soon as the task runs dvc (before any MLflow run)
+        task = _wait_for("faults-1 runs dvc", lambda: _task_process(tmp, "faults-1", "-m dvc"), sweeping)
+        worker = _worker_of(task, int((team.stack / "run" / "dask_workers.pid").read_text()))
+        victim = _worker_address(team, worker)
+        _kill_tree(worker)
+        # 2. the tracking server, once a run of the sweep has logged an epoch
+        training = _wait_for("a sweep run with a metric", lambda: _running_with_metrics(team, start_ms), sweeping)
+        mlflow_down = _kill_and_restart(team, "mlflow")
+        # 3. the object store, as a task pushes its experiment
+        _wait_for("a dvc exp push", lambda: _task_process(tmp, "faults-", "exp push"), sweeping)
+        s3_down = _kill_and_restart(team, "s3")
+        assert sweeping.wait(timeout=900) == 0, (team.root / "faults.log").read_text()[-4000:]
+    finally:
+        if sweeping.poll() is None:
+            os.killpg(sweeping.pid, signal.SIGKILL)
+            sweeping.wait()
+    seconds = time.monotonic() - started
+    out = (team.root / "faults.log").read_text()
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(names)}
+    assert set(rows) == set(names) and all(" ok " in row for row in rows.values()), out[-4000:]
+    assert victim not in rows["faults-1"]  # rerun on another worker
+    # both experiments landed in origin, refs and outputs
+    refs = sh(alice, "git", "ls-remote", "origin", "refs/exps/*")
+    assert all(re.search(rf"/{name}$", refs, re.M) for name in names), refs
+    assert _landed(team, *names) == {"faults-1": 0.002, "faults-2": 0.0002}
+    # every run the sweep made is finished; one lenet5 run per experiment (none retrained), each epoch once, evaluated
+    assert _sql(team, f"select count(*) from runs where start_time >= {start_ms} and status <> 'FINISHED'") == 0
+    runs = _rows(
+        team,
+        "select r.run_uuid, p.value from runs r join params p on p.run_uuid = r.run_uuid and p.key = 'train.learning_rate' "
+        f"where r.name = 'lenet5' and r.start_time >= {start_ms}",
+    )
+    assert sorted(rate for _, rate in runs) == sorted(rates), runs
+    for run, _ in runs:
+        for key in ("loss", "val_loss"):
+            steps = _rows(team, f"select step, count(*) from metrics where run_uuid = '{run}' and key = '{key}' group by step")
+            assert sorted(steps) == [(step, 1) for step in range(4)], (run, key, steps)
+        assert _sql(team, f"select count(*) from latest_metrics where run_uuid = '{run}' and key = 'test_accuracy'") == 1
+    assert training in {run for run, _ in runs}
+    # no spool anywhere: not in Bob's project, not in the clone the dead worker left
+    assert spool.pending(bob / "logs" / "tracking-spool") == []
+    left = set(tmp.glob("pipeline-sweep-faults-*")) - before
+    assert [p.name.startswith("pipeline-sweep-faults-1-") for p in left] == [True]  # the dead worker's clone, only
+    assert not [p for p in left if spool.pending(p / "repo" / "logs" / "tracking-spool")]
+    team.stack_cmd(alice, "up")  # the stack is whole again (the nanny restarted the worker): a no-op
+    assert len(team.pids()) == 5
+    retries = re.findall(r"(faults-\d: [\w ()]+) failed; trying again", (team.stack / "logs" / "dask_workers.log").read_text())
+    print(
+        f"sweep of 2 with faults: {seconds:.0f} s; tracking server down {mlflow_down:.1f} s, object store down "
+        f"{s3_down:.1f} s; retried in the tasks: {retries}"
+    )
 
 
 def test_accounts_protect_what_is_theirs(team: Team) -> None:
@@ -261,6 +347,110 @@ def test_stack_down_leaves_no_process(team: Team) -> None:
     assert not [pid for pid in pids if _group_alive(pid)]
 
 
+def _landed(team: Team, *names: str) -> dict[str, float]:
+    """``dvc exp pull origin`` the experiments into Alice's clone; each one's lenet5 learning rate, from ``dvc exp show``."""
+    alice = team.root / "alice"
+    sh(alice, "dvc", "exp", "pull", "origin", *names, env=team.env("alice"))
+    shown = json.loads(sh(alice, "dvc", "exp", "show", "--json", env=team.env("alice")))
+    landed = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            name, data = exp["revs"][0]["name"], exp["revs"][0]["data"]
+            if name in names:
+                assert data["metrics"]["reports/metrics/lenet5.json"]["data"]["accuracy"] >= 0, name  # evaluated
+                landed[name] = data["params"]["params.yaml"]["data"]["variants"]["lenet5"]["train"]["learning_rate"]
+    return landed
+
+
+def _wait_for(what: str, found: Callable[[], T | None], sweeping: subprocess.Popen, timeout: float = 600) -> T:
+    """Poll ``found`` until it gives something; fail if the sweep ends first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not (value := found()):
+        assert sweeping.poll() is None, f"the sweep ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout:.0f} s"
+        time.sleep(0.2)
+    return value
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, command line, working folder) of every live process this user may read."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(stat.parent / "cwd")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            table[int(stat.parent.name)] = (int(fields[1]), cmdline, cwd)
+    return table
+
+
+def _task_process(tmp: Path, name: str, needle: str) -> int | None:
+    """A process of a sweep task whose clone is ``tmp/pipeline-sweep-<name>*`` with ``needle`` in its command line."""
+    prefix = str(tmp / f"pipeline-sweep-{name}")
+    return next((pid for pid, (_, cmd, cwd) in _processes().items() if cwd.startswith(prefix) and needle in cmd), None)
+
+
+def _worker_of(pid: int, nanny: int) -> int:
+    """The Dask worker process above ``pid``: the child of the ``dask worker`` process, where the nannies live."""
+    table = _processes()
+    while table[pid][0] != nanny:
+        pid = table[pid][0]
+    return pid
+
+
+def _worker_address(team: Team, pid: int) -> str:
+    from distributed import Client
+
+    with Client(team.env()["DASK_SCHEDULER_ADDRESS"], timeout=20) as client:
+        return next(address for address, worker_pid in client.run(os.getpid).items() if worker_pid == pid)
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL ``root`` and every process below it, frozen first (SIGSTOP) so that none starts another meanwhile."""
+    tree: set[int] = set()
+    todo = {root}
+    while todo:
+        for pid in todo:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        tree |= todo
+        table = _processes()
+        todo = {pid for pid, (parent, _, _) in table.items() if parent in tree} - tree
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while set(_processes()) & tree:
+        assert time.monotonic() < deadline, f"still alive after SIGKILL: {set(_processes()) & tree}"
+        time.sleep(0.1)
+
+
+def _running_with_metrics(team: Team, since_ms: int) -> str | None:
+    """A RUNNING run started since ``since_ms`` that has logged a metric (an epoch), asked of the server as the admin."""
+    admin = team.env()["MLFLOW_TRACKING_USERNAME"]
+    query = {"experiment_ids": _experiment_ids(team), "filter": "attributes.status = 'RUNNING'", "max_results": 20}
+    status, found = team.rest("runs/search", query, user=admin)
+    for run in found.get("runs", []) if status == 200 else []:
+        if run["info"]["start_time"] >= since_ms and run["data"].get("metrics"):
+            return run["info"]["run_id"]
+    return None
+
+
+def _kill_and_restart(team: Team, service: str, pause: float = 3.0) -> float:
+    """SIGKILL the service's process group, ``stack up`` after ``pause`` seconds; how long it was down."""
+    pid = int((team.stack / "run" / f"{service}.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    down = time.monotonic()
+    while _group_alive(pid):
+        time.sleep(0.1)
+    time.sleep(pause)
+    team.stack_cmd(team.root / "alice", "up")  # starts only what is down, and waits until it answers
+    return time.monotonic() - down
+
+
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
@@ -280,13 +470,17 @@ def _experiment_ids(team: Team) -> list[str]:
 
 
 def _sql(team: Team, query: str) -> int:
+    return _rows(team, query)[0][0]
+
+
+def _rows(team: Team, query: str) -> list[tuple]:
     import psycopg2
 
     secret = json.loads((team.stack / "secrets.json").read_text())
     uri = f"postgresql://mlflow:{secret['postgres_password']}@127.0.0.1:{team.ports()['postgres']}/mlflow"
     with psycopg2.connect(uri, connect_timeout=5) as conn, conn.cursor() as cur:
         cur.execute(query)
-        return cur.fetchone()[0]
+        return cur.fetchall()
 
 
 def _objects(team: Team, bucket: str) -> int:
