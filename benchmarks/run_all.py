@@ -25,7 +25,10 @@ from benchmarks.common import OUT, REPO, machine, quiet_env
 # script -> {figure in reports/benchmarks.json: key in the script's JSON}
 SCRIPTS: dict[str, dict[str, str]] = {
     "input_pipeline": {"input_pipeline_speedup_vs_imagedatagenerator": "input_pipeline_speedup_vs_imagedatagenerator"},
-    "train_loop": {"train_throughput_ratio_vs_bare_fit": "train_throughput_ratio_vs_bare_fit"},
+    "train_loop": {
+        "train_throughput_ratio_vs_bare_fit": "train_throughput_ratio_vs_bare_fit",
+        "checkpoint_throughput_ratio": "checkpoint_throughput_ratio",
+    },
     "mfu": {"mfu": "mfu"},
     "data_stages": {"validate_images_per_s": "validate_images_per_s", "noop_repro_s": "noop_repro_s"},
     "stage_times": {"demo_repro_s": "total_s"},

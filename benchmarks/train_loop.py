@@ -6,8 +6,10 @@ side in this run, alternating (so that other load on the machine hits both
 alike), each from a freshly built model:
 
 * the stage: ``pipeline.stages.train.fit`` of the ``cnn_functional`` variant (the
-  seed CNN) with its tf.data input, class weights, callbacks, op determinism
-  and MLflow per-epoch logging into a temporary sqlite store;
+  seed CNN) with its tf.data input, class weights, callbacks, op determinism,
+  MLflow per-epoch logging into a temporary sqlite store and a checkpoint
+  after every epoch (model, optimizer and seed states: what a resume needs);
+* the same without the checkpoints, which prices resumability;
 * bare: the same model and compile (``pipeline.stages.train`` optimizer, loss,
   metrics) on in-memory NumPy arrays, ``model.fit(x, y, validation_data=...)``,
   no callbacks, no determinism.
@@ -83,15 +85,19 @@ def variant(epochs: int) -> Any:
     return v.model_copy(update={"augment": "none", "train": v.train.model_copy(update={"epochs": epochs, "early_stopping": 0})})
 
 
-def stage_rate(v: Any, prepared: Path) -> float:
-    """images/s of ``pipeline.stages.train.fit`` with an MLflow run, as the train stage calls it."""
+def stage_rate(v: Any, prepared: Path, checkpoints: Path | None) -> float:
+    """images/s of ``pipeline.stages.train.fit`` with an MLflow run, as the train stage calls it (``checkpoints``: where)."""
+    import shutil
+
     from pipeline import tracking
     from pipeline.data import shards
 
     run_id = tracking.start(v.name, v.dataset, {"benchmark": "train_loop"}, {"variant": v.name})
     with contextlib.redirect_stdout(io.StringIO()):  # fit's verbose=2 epoch lines
-        _, _, seconds, seen = loop.fit(v, shards.meta(prepared), stats(), prepared, None, run_id)
+        _, _, seconds, seen = loop.fit(v, shards.meta(prepared), stats(), prepared, None, run_id, checkpoints=checkpoints)
     tracking.finish(run_id)
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints)  # as the stage does on success; the next run starts from scratch
     return seen / seconds
 
 
@@ -145,19 +151,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         prepared = write_prepared(Path(tmp), size)
-        bare, stage = [], []
+        bare, stage, unsaved = [], [], []
         for _ in range(args.repeats):
             bare.append(bare_rate(v, prepared))
-            stage.append(stage_rate(v, prepared))
-            print(f"  bare model.fit {bare[-1]:7.1f} img/s   train.fit {stage[-1]:7.1f} img/s", flush=True)
+            stage.append(stage_rate(v, prepared, Path(tmp) / "checkpoints"))
+            unsaved.append(stage_rate(v, prepared, None))
+            print(
+                f"  bare model.fit {bare[-1]:7.1f} img/s   train.fit {stage[-1]:7.1f} img/s"
+                f"   train.fit without checkpoints {unsaved[-1]:7.1f} img/s",
+                flush=True,
+            )
         log_s = log_metrics_s()
     write_figures(
         "train_loop",
         {
             "train_throughput_ratio_vs_bare_fit": round(max(stage) / max(bare), 3),
+            "checkpoint_throughput_ratio": round(max(stage) / max(unsaved), 3),
             "train_fit_images_per_s": round(max(stage), 1),
             "bare_fit_images_per_s": round(max(bare), 1),
-            "runs_images_per_s": {"bare": [round(r, 1) for r in bare], "train.fit": [round(r, 1) for r in stage]},
+            "runs_images_per_s": {
+                "bare": [round(r, 1) for r in bare],
+                "train.fit": [round(r, 1) for r in stage],
+                "train.fit without checkpoints": [round(r, 1) for r in unsaved],
+            },
             "mlflow_log_metrics_s": round(log_s, 4),
             "image_size": size,
             "batch_size": v.train.batch_size,

@@ -65,8 +65,9 @@ TAIL_LINES = 40
 # up to this long (PIPELINE_SWEEP_RETRY_S) before giving up, rather than raising and retraining the whole experiment.
 RETRY_WINDOW_S = 180.0
 BACKOFF_S = (2.0, 30.0)  # the first wait, doubled each time up to the second
-# What a stage prints when the tracking server went away under it (pipeline.tracking's probe, MLflow's REST client).
-OUTAGE = re.compile(r"tracking server \S+ is unreachable|Max retries exceeded with url: /api/2\.0/mlflow")
+# What a stage prints when the tracking server went away under it (pipeline.tracking's probe: unreachable, or a 5xx
+# while its database restarts; MLflow's REST client after its retries).
+OUTAGE = re.compile(r"tracking server \S+ (?:is unreachable|answered 5\d\d)|Max retries exceeded with url: /api/2\.0/mlflow")
 
 
 @dataclass(frozen=True)

@@ -214,8 +214,10 @@ def test_a_step_is_retried_with_backoff_until_it_passes_or_gives_up(tmp_path: Pa
 def test_the_outage_pattern_matches_what_a_stage_prints_when_the_server_is_away() -> None:
     probe = "pipeline.errors.PipelineError: tracking server http://127.0.0.1:5050 is unreachable ([Errno 111] Connection refused)"
     rest = "Max retries exceeded with url: /api/2.0/mlflow/runs/create (Caused by NewConnectionError"
-    assert sweep.OUTAGE.search(probe) and sweep.OUTAGE.search(rest)
+    database = "ERROR pipeline.stages.evaluate: tracking server http://127.0.0.1:5050 answered 503 Service Unavailable (`source"
+    assert sweep.OUTAGE.search(probe) and sweep.OUTAGE.search(rest) and sweep.OUTAGE.search(database)
     assert not sweep.OUTAGE.search("variants.lenet5.train.optimizer: 'adamx' is not one of")
+    assert not sweep.OUTAGE.search("tracking server http://127.0.0.1:5050 refused the account 'bob' (401 Unauthorized)")
 
 
 def _spooled_run(folder: Path, uri: str, run_id: str, files: Path) -> None:

@@ -159,7 +159,7 @@ def test_queued_experiments_run_in_parallel_against_the_server(team: Team) -> No
     bob = team.root / "bob"
     rates = ("0.002", "0.004")
     for rate in rates:
-        sh(bob, "dvc", "exp", "run", "--queue", "-S", f"variants.lenet5.train.learning_rate={rate}", env=team.env("bob"))
+        sh(bob, "dvc", "exp", "run", "--queue", "-S", f"++variants.lenet5.train.learning_rate={rate}", env=team.env("bob"))
     try:
         sh(bob, "dvc", "queue", "start", "-j", "2", env=team.env("bob"))
         deadline = time.monotonic() + 900
@@ -217,7 +217,7 @@ def test_bob_sweeps_two_experiments_on_the_stack_workers(team: Team) -> None:
 
 
 def test_a_sweep_loses_nothing_to_a_killed_worker_and_restarted_servers(team: Team) -> None:
-    """Mid-sweep: a worker dies (SIGKILL), the tracking server is killed mid-training and so is the object store mid-push.
+    """Mid-sweep: a worker dies (SIGKILL); the tracking server is killed mid-training, then PostgreSQL, then S3 mid-push.
 
     Each comes back by ``stack up`` a few seconds later (the nanny restarts the
     worker). Both experiments land in origin, each of their runs once, finished,
@@ -257,6 +257,8 @@ def _sweep_through_faults(team: Team, names: tuple[str, ...], rates: tuple[str, 
         # 2. the tracking server, once a run of the sweep has logged an epoch
         training = _wait_for("a sweep run with a metric", lambda: _running_with_metrics(team, start_ms), sweeping)
         mlflow_down = _kill_and_restart(team, "mlflow")
+        # 2b. its database, right after (the server answers 500 meanwhile; its pool pings connections before use)
+        postgres_down = _kill_and_restart(team, "postgres")
         # 3. the object store, as a task pushes its experiment
         _wait_for("a dvc exp push", lambda: _task_process(tmp, "faults-", "exp push"), sweeping)
         s3_down = _kill_and_restart(team, "s3")
@@ -297,8 +299,8 @@ def _sweep_through_faults(team: Team, names: tuple[str, ...], rates: tuple[str, 
     assert len(team.pids()) == 5
     retries = re.findall(r"(faults-\d: [\w ()]+) failed; trying again", (team.stack / "logs" / "dask_workers.log").read_text())
     print(
-        f"sweep of 2 with faults: {seconds:.0f} s; tracking server down {mlflow_down:.1f} s, object store down "
-        f"{s3_down:.1f} s; retried in the tasks: {retries}"
+        f"sweep of 2 with faults: {seconds:.0f} s; tracking server down {mlflow_down:.1f} s, PostgreSQL down "
+        f"{postgres_down:.1f} s, object store down {s3_down:.1f} s; retried in the tasks: {retries}"
     )
 
 
