@@ -268,13 +268,20 @@ def _experiment_id(mlflow: Any, name: str) -> str:
 
 
 def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-    """Create the variant's run in the dataset's experiment, log tags and params in one batch; return the run id."""
+    """Create the variant's run in the dataset's experiment with ``tags``, then log the params in one batch; return its id.
+
+    The tags (the process's among them) come with the run itself: a run that
+    exists always says which stage and process made it, even when the store
+    fails the next call.
+    """
     mlflow = _mlflow()
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = mlflow.MlflowClient()
     try:
-        run_id = client.create_run(_experiment_id(mlflow, dataset), run_name=variant).info.run_id
+        run_id = client.create_run(
+            _experiment_id(mlflow, dataset), run_name=variant, tags={k: str(v) for k, v in tags.items()}
+        ).info.run_id
     except mlflow.exceptions.MlflowException as exc:
         if "403" not in str(exc):
             raise
@@ -283,11 +290,7 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
             f"tracking server {mlflow.get_tracking_uri()}: account {user!r} may not write into experiment {dataset!r} "
             "(403 Permission denied): the stack's admin grants it with `python -m pipeline stack user add`"
         ) from None
-    client.log_batch(
-        run_id,
-        params=[Param(k, str(v)[:6000]) for k, v in _mlflow_params(params).items()],
-        tags=[RunTag(k, str(v)) for k, v in tags.items()],
-    )
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in _mlflow_params(params).items()])
     log.info("MLflow run %s (%s / %s) at %s", run_id, dataset, variant, mlflow.get_tracking_uri())
     return run_id
 
@@ -605,7 +608,12 @@ def find_model_run(stage: str, md5: str, dataset: str, start: Path | None = None
 
     Looks in the store of the project holding ``start`` (default: the current
     folder) and creates nothing: no store file, no experiment, no run gives None.
+    A run whose model tag still waits in the spool (the store failed its
+    replay) is found there: the next stage never takes it for a run DVC
+    restored, and never makes a second run for one model.
     """
+    if spooled := _spooled_run_with(MODEL_TAG, md5, start):
+        return spooled
     if not os.environ.get("MLFLOW_TRACKING_URI") and not (project_root(start) / STORE).is_file():
         return None
     client = _mlflow(start).MlflowClient()
@@ -759,13 +767,25 @@ def log_history(run_id: str, history: Mapping[str, list[float]]) -> None:
             log_metrics(run_id, missing, step=step)
 
 
+def _spooled(start: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Run id -> its calls waiting in the spool of the project holding ``start``."""
+    folder = spool_folder(start)
+    out = {}
+    for run_id in spool.pending(folder):
+        with spool.locked(folder, run_id):  # never half a record being appended
+            out[run_id] = spool.records(folder, run_id) if (folder / run_id / spool.RECORDS).is_file() else []
+    return out
+
+
+def _spooled_run_with(tag: str, value: str, start: Path | None = None) -> str | None:
+    """A run whose spooled calls set ``tag`` to ``value``, or None."""
+    return next((run for run, calls in _spooled(start).items() if any(c.get("tags", {}).get(tag) == value for c in calls)), None)
+
+
 def _spooled_steps(run_id: str) -> dict[str, set[int]]:
     """Metric key -> the steps the run's spool holds."""
-    folder = spool_folder()
-    if run_id not in spool.pending(folder):
-        return {}
     steps: dict[str, set[int]] = {}
-    for record in spool.records(folder, run_id):
+    for record in _spooled().get(run_id, []):
         for key, _, _, step in record.get("metrics", []):
             steps.setdefault(key, set()).add(step)
     return steps

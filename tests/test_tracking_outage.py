@@ -208,3 +208,19 @@ def test_a_store_away_before_training_fails_the_stage_at_once(tmp_path_factory: 
     assert f"tracking server {uri} is unreachable" in error
     assert not (root / "models/tiny").exists() and not (root / "logs/tracking-spool").exists()
     print(f"store away ({fault}) before training: exit 1 after {seconds:.1f} s")
+
+
+def test_a_model_run_whose_tag_waits_in_the_spool_is_found_there(project: tuple[Path, FaultProxy]) -> None:
+    """The store failed the replay, then answers a search: the next stage must not take the model for one DVC restored."""
+    import mlflow
+
+    root, proxy = project
+    run_id = tracking.start("v", "pets", {"dvc.stage": "train@v"}, {})
+    proxy.set("refuse")
+    tracking.set_tags(run_id, {tracking.MODEL_TAG: "abc"})
+    tracking.finish(run_id)
+    proxy.set("forward")  # back, but this process already tried its one replay at its first use of the store
+    assert tracking.find_model_run("train@v", "abc", "pets") == run_id
+    assert spool.pending(tracking.spool_folder()) == [run_id]  # found in the spool: the store has no such tag yet
+    assert "model.md5" not in mlflow.MlflowClient(proxy.url).get_run(run_id).data.tags
+    assert tracking.find_model_run("train@v", "other", "pets") is None
