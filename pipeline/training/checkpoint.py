@@ -96,8 +96,12 @@ def folder(root: Path, key: str) -> Path:
 
 
 def clear(root: Path) -> None:
-    """Remove the stage's checkpoints (it succeeded)."""
+    """Remove the stage's checkpoints (it succeeded), and ``checkpoints/`` when no other stage has any."""
     shutil.rmtree(root, ignore_errors=True)
+    try:
+        root.parent.rmdir()
+    except OSError:  # another stage's checkpoints are there (or it is gone already)
+        pass
 
 
 def load(where: Path) -> State | None:
