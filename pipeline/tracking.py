@@ -27,8 +27,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -603,6 +602,22 @@ def tag_model(run_id: str, model_file: Path) -> None:
     set_tags(run_id, {MODEL_TAG: file_md5(model_file)})
 
 
+def spooled_calls(start: Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Run id -> its calls waiting in the spool of the project holding ``start``."""
+    folder = spool_folder(start)
+    out = {}
+    for run_id in spool.pending(folder):
+        with spool.locked(folder, run_id):  # never half a record being appended
+            out[run_id] = spool.records(folder, run_id) if (folder / run_id / spool.RECORDS).is_file() else []
+    return out
+
+
+def _spooled_run_with(tag: str, value: str, start: Path | None = None) -> str | None:
+    """A run whose spooled calls set ``tag`` to ``value``, or None."""
+    found = (run for run, calls in spooled_calls(start).items() if any(c.get("tags", {}).get(tag) == value for c in calls))
+    return next(found, None)
+
+
 def find_model_run(stage: str, md5: str, dataset: str, start: Path | None = None) -> str | None:
     """The newest run of ``stage`` (``train@<variant>``) tagged with model file md5 ``md5``, or None.
 
@@ -656,186 +671,6 @@ def model_run(folder: Path, variant: str, dataset: str) -> str:
         run_id,
     )
     return run_id
-
-
-# --- run lifecycle: process tags, resuming a run, ending the runs of dead processes, KILLED on SIGTERM / Ctrl-C
-RESUME_TAG = "resume.count"
-END_TAG = "end.reason"
-
-
-class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM (a BaseException, like KeyboardInterrupt: no ``except Exception`` swallows it)."""
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot (``/proc``): with the pid, it tells a reused pid apart; "" elsewhere."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def process_tags() -> dict[str, str]:
-    """``process.host``, ``process.pid``, ``process.start``: which process is writing the run."""
-    import socket
-
-    return {"process.host": socket.gethostname(), "process.pid": str(os.getpid()), "process.start": _process_start(os.getpid())}
-
-
-def process_alive(tags: Mapping[str, str]) -> bool | None:
-    """Whether the process named by :func:`process_tags` still runs; None when it ran on another host (or was not tagged)."""
-    import socket
-
-    if tags.get("process.host") != socket.gethostname() or not tags.get("process.pid", "").isdigit():
-        return None
-    pid = int(tags["process.pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return not tags.get("process.start") or _process_start(pid) == tags["process.start"]
-
-
-def reopen(run_id: str) -> bool:
-    """Set the run RUNNING again, tagged with this process and one more :data:`RESUME_TAG`; False if it is gone or deleted."""
-    mlflow = _mlflow()
-    from mlflow.entities import RunTag
-
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return False
-    if run.info.lifecycle_stage != "active":
-        return False
-    count = int(run.data.tags.get(RESUME_TAG, "0")) + 1
-    client.update_run(run_id, status="RUNNING")
-    tags = {**process_tags(), RESUME_TAG: str(count)}
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    log.info("MLflow run %s resumed (resume %d) at %s", run_id, count, mlflow.get_tracking_uri())
-    return True
-
-
-def end_dead_runs(stage: str, experiment: str, keep: str | None = None) -> list[str]:
-    """End FAILED the RUNNING runs of ``stage`` (tag ``dvc.stage``) whose process on this host is gone; return their ids.
-
-    A process killed with SIGKILL (or a crashed machine) cannot end its run;
-    the next start of the same stage does, tagging :data:`END_TAG`. ``keep``
-    (the run a checkpoint resumes) is left alone, and so are runs of live
-    processes and of other hosts.
-    """
-    mlflow = _mlflow()
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    running = client.search_runs([found.experiment_id], f"tags.`dvc.stage` = '{stage}' and attributes.status = 'RUNNING'")
-    ended = []
-    for run in running:
-        if run.info.run_id == keep or process_alive(run.data.tags) is not False:
-            continue
-        tags = run.data.tags
-        client.set_tag(run.info.run_id, END_TAG, f"process {tags['process.pid']} on {tags['process.host']} died")
-        client.set_terminated(run.info.run_id, "FAILED")
-        log.warning("MLflow run %s of %s: its process %s died; ended FAILED", run.info.run_id, stage, tags["process.pid"])
-        ended.append(run.info.run_id)
-    return ended
-
-
-def open_run(resumed: str | None, name: str, experiment: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-    """The run a stage logs into: ``resumed`` (a checkpoint's run) reopened if it still exists, else a new one (:func:`start`).
-
-    First ends the runs of dead processes of the same stage (``tags["dvc.stage"]``, :func:`end_dead_runs`).
-    """
-    end_dead_runs(tags["dvc.stage"], experiment, keep=resumed)
-    if resumed and reopen(resumed):
-        return resumed
-    return start(name, experiment, tags, params)
-
-
-def log_history(run_id: str, history: Mapping[str, list[float]]) -> None:
-    """Log the epochs of ``history`` (step = epoch) that the run lacks: those a kill left between a checkpoint and its logging."""
-    client = _mlflow().MlflowClient()
-    logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in history}
-    for key, steps in _spooled_steps(run_id).items():  # logged, not yet replayed (the store failed the replay)
-        logged.get(key, set()).update(steps)
-    for step in range(max(map(len, history.values()), default=0)):
-        missing = {k: v[step] for k, v in history.items() if step < len(v) and step not in logged[k]}
-        if missing:
-            log_metrics(run_id, missing, step=step)
-
-
-def _spooled(start: Path | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Run id -> its calls waiting in the spool of the project holding ``start``."""
-    folder = spool_folder(start)
-    out = {}
-    for run_id in spool.pending(folder):
-        with spool.locked(folder, run_id):  # never half a record being appended
-            out[run_id] = spool.records(folder, run_id) if (folder / run_id / spool.RECORDS).is_file() else []
-    return out
-
-
-def _spooled_run_with(tag: str, value: str, start: Path | None = None) -> str | None:
-    """A run whose spooled calls set ``tag`` to ``value``, or None."""
-    return next((run for run, calls in _spooled(start).items() if any(c.get("tags", {}).get(tag) == value for c in calls)), None)
-
-
-def _spooled_steps(run_id: str) -> dict[str, set[int]]:
-    """Metric key -> the steps the run's spool holds."""
-    steps: dict[str, set[int]] = {}
-    for record in _spooled().get(run_id, []):
-        for key, _, _, step in record.get("metrics", []):
-            steps.setdefault(key, set()).add(step)
-    return steps
-
-
-# Raising in the middle of a store call can leave an sqlite write transaction open (the KILLED status could then not
-# be written: "database is locked"); the signal is sent again shortly instead, until it lands outside these modules.
-_UNINTERRUPTIBLE = ("mlflow", "sqlalchemy", "sqlite3")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM / SIGINT handler: raise :class:`Terminated` / KeyboardInterrupt, unless inside a tracking store call."""
-    import signal
-    import threading
-
-    while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith(_UNINTERRUPTIBLE):
-            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
-            return
-        frame = frame.f_back
-    raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
-
-
-@contextmanager
-def ending(run_id: str) -> Iterator[None]:
-    """Around a stage's work on ``run_id``: an error ends it FAILED, SIGTERM or Ctrl-C KILLED (then exit 143 / 130).
-
-    SIGTERM raises :class:`Terminated` in the main thread meanwhile, so the
-    stage unwinds as on Ctrl-C (checkpoints stay: a rerun resumes); neither
-    interrupts a tracking store call (:func:`_interrupt`).
-    """
-    import signal
-    import threading
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = {n: signal.signal(n, _interrupt) for n in (signal.SIGTERM, signal.SIGINT)} if main else {}
-    try:
-        yield
-    except (KeyboardInterrupt, Terminated) as exc:
-        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
-        set_tags(run_id, {END_TAG: f"interrupted by {name}"})
-        finish(run_id, "KILLED")
-        log.error("interrupted by %s: MLflow run %s ended KILLED; rerun to resume from the last checkpoint", name, run_id)
-        raise SystemExit(code) from None
-    except BaseException:
-        finish(run_id, "FAILED")
-        raise
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,7 @@ PLUMBING = {
     "pipeline/errors.py": "the error type",
     "pipeline/cli.py": "argument parsing of the per-dataset stages",
     "pipeline/tracking.py": "MLflow logging: what it writes lives outside DVC's outputs",
+    "pipeline/runs.py": "the MLflow run's lifecycle (resume, KILLED, FAILED): what it writes lives outside DVC's outputs",
     "pipeline/review/__init__.py": "the report CLI's --base mode (a review for a pull request); dvc repro never runs it",
 }
 

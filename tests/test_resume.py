@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import files, paths, tracking
+from pipeline import files, paths, runs, tracking
 from pipeline.predict import trained_variants
 from pipeline.training import checkpoint, inputs
 from tests.pipeline_project import copy_project, demo_project, edit_params, trained_project
@@ -92,7 +92,7 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_one(tmp_path_
     code, state = kill_after(cut, 1, signal.SIGTERM)  # Ctrl-C's path too: the stage ends its run KILLED and exits non-zero
     assert code == 143 and state is not None and 1 <= state.epoch < EPOCHS
     client, run = the_run(cut)
-    assert run.info.status == "KILLED" and run.data.tags[tracking.END_TAG] == "interrupted by SIGTERM"
+    assert run.info.status == "KILLED" and run.data.tags[runs.END_TAG] == "interrupted by SIGTERM"
     code, state = kill_after(cut, 2, signal.SIGKILL)  # resumes, then dies without a word
     assert code == -signal.SIGKILL and 2 <= state.epoch < EPOCHS
     assert the_run(cut)[1].info.status == "RUNNING"
@@ -111,7 +111,7 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_one(tmp_path_
     # one MLflow run, resumed twice, finished, each epoch logged exactly once
     client, run = the_run(cut)
     assert run.info.run_id == state.run_id and run.info.status == "FINISHED"
-    assert run.data.tags[tracking.RESUME_TAG] == "2" and run.data.tags[tracking.MODEL_TAG] == md5
+    assert run.data.tags[runs.RESUME_TAG] == "2" and run.data.tags[tracking.MODEL_TAG] == md5
     for key in whole_history.columns.drop("epoch"):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(EPOCHS)), key
@@ -162,7 +162,7 @@ def test_a_killed_pretrain_resumes_and_ends_as_an_uninterrupted_one(tmp_path_fac
     md5 = tracking.file_md5(whole / paths.PRETRAIN / "backbone.keras")
     assert tracking.file_md5(cut / paths.PRETRAIN / "backbone.keras") == md5
     client, run = the_run(cut, tracking.PRETRAIN_EXPERIMENT)
-    assert run.info.status == "FINISHED" and run.data.tags[tracking.RESUME_TAG] == "1"
+    assert run.info.status == "FINISHED" and run.data.tags[runs.RESUME_TAG] == "1"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
     assert not (cut / paths.checkpoints("pretrain")).exists() or not any((cut / paths.checkpoints("pretrain")).iterdir())
 
@@ -209,19 +209,16 @@ def test_runs_of_dead_processes_end_failed(tmp_path: Path, monkeypatch: pytest.M
     dead = subprocess.Popen(["true"])
     dead.wait()
     stage = {"dvc.stage": "train@x"}
-    mine = tracking.start("x", "pets", {**stage, **tracking.process_tags()}, {})
-    gone = tracking.start("x", "pets", {**stage, **tracking.process_tags(), "process.pid": str(dead.pid)}, {})
-    kept = tracking.start("x", "pets", {**stage, **tracking.process_tags(), "process.pid": str(dead.pid)}, {})
-    elsewhere = tracking.start("x", "pets", {**stage, **tracking.process_tags(), "process.host": "other-host"}, {})
-    assert tracking.end_dead_runs("train@x", "pets", keep=kept) == [gone]
+    mine = tracking.start("x", "pets", {**stage, **runs.process_tags()}, {})
+    gone = tracking.start("x", "pets", {**stage, **runs.process_tags(), "process.pid": str(dead.pid)}, {})
+    kept = tracking.start("x", "pets", {**stage, **runs.process_tags(), "process.pid": str(dead.pid)}, {})
+    elsewhere = tracking.start("x", "pets", {**stage, **runs.process_tags(), "process.host": "other-host"}, {})
+    assert runs.end_dead_runs("train@x", "pets", keep=kept) == [gone]
     client = tracking._mlflow().MlflowClient()
     statuses = {r: client.get_run(r).info.status for r in (mine, gone, kept, elsewhere)}
     assert statuses == {mine: "RUNNING", gone: "FAILED", kept: "RUNNING", elsewhere: "RUNNING"}
-    assert (
-        client.get_run(gone).data.tags[tracking.END_TAG]
-        == f"process {dead.pid} on {tracking.process_tags()['process.host']} died"
-    )
-    assert tracking.open_run(kept, "x", "pets", stage, {}) == kept
+    assert client.get_run(gone).data.tags[runs.END_TAG] == f"process {dead.pid} on {runs.process_tags()['process.host']} died"
+    assert runs.open_run(kept, "x", "pets", stage, {}) == kept
     again = client.get_run(kept)
-    assert again.info.status == "RUNNING" and again.data.tags[tracking.RESUME_TAG] == "1"
+    assert again.info.status == "RUNNING" and again.data.tags[runs.RESUME_TAG] == "1"
     assert again.data.tags["process.pid"] == str(os.getpid())

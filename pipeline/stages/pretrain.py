@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import config, files, paths, tracking
+from pipeline import config, files, paths, runs, tracking
 from pipeline.config import HOUSE_ROOMS
 from pipeline.data import images
 from pipeline.data.manifest import room_photos
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     stage = "pretrain"
     tags = {
         **tracking.git_tags(),
-        **tracking.process_tags(),
+        **runs.process_tags(),
         "dvc.stage": stage,
         "dataset": "houses",
         "data.profile": params.data.profile,
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     saved = checkpoint.folder(paths.checkpoints(stage), checkpoint.run_key(run_params, [manifest_path]))
     resume = checkpoint.load(saved)
-    run_id = tracking.open_run(resume and resume.run_id, "backbone", tracking.PRETRAIN_EXPERIMENT, tags, run_params)
-    with tracking.ending(run_id):
+    run_id = runs.open_run(resume and resume.run_id, "backbone", tracking.PRETRAIN_EXPERIMENT, tags, run_params)
+    with runs.ending(run_id):
         if resume:
-            tracking.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
+            runs.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
         backbone, history, seconds = fit_backbone(cfg, data, size, run_id, saved, resume)
         save_and_log(run_id, backbone, history, seconds, decode_seconds, is_val, photos, data, size)
         checkpoint.clear(paths.checkpoints(stage))  # before the run ends: a kill in between leaves no finished run to resume

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import config, files, paths, tracking
+from pipeline import config, files, paths, runs, tracking
 from pipeline.config import AugmentPolicy, Variant
 from pipeline.data import shards
 from pipeline.errors import PipelineError
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     stage = f"train@{variant.name}"
     tags = {
         **tracking.git_tags(),
-        **tracking.process_tags(),
+        **runs.process_tags(),
         "dvc.stage": stage,
         "data.hash": tracking.data_hash(Path("dvc.lock"), variant.dataset),
         "dataset": variant.dataset,
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     inputs = [stats_path, prepared, *([paths.PRETRAIN] if "transfer" in run_config else [])]
     saved = checkpoint.folder(paths.checkpoints(stage), checkpoint.run_key(run_config, inputs))
     resume = checkpoint.load(saved)
-    run_id = tracking.open_run(resume and resume.run_id, variant.name, variant.dataset, tags, run_config)
-    with tracking.ending(run_id):
+    run_id = runs.open_run(resume and resume.run_id, variant.name, variant.dataset, tags, run_config)
+    with runs.ending(run_id):
         if resume:
-            tracking.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
+            runs.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
         model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer, saved, resume)
         save_and_log(variant, run_id, run_config, meta, stats, stats_path, policy, prepared, (model, history, seconds, seen))
         checkpoint.clear(paths.checkpoints(stage))  # before the run ends: a kill in between leaves no finished run to resume

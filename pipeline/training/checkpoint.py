@@ -181,7 +181,7 @@ def callback(where: Path, state: State, early: Any = None, best: list[np.ndarray
     (and ``best`` weights) a resumed phase gets back after Keras reset them.
     Put it after ``early`` and before the MLflow epoch logger: the checkpoint
     then holds an epoch before MLflow does, and a resumed stage logs the
-    epochs MLflow missed (``tracking.log_history``), so none is lost or logged twice.
+    epochs MLflow missed (``runs.log_history``), so none is lost or logged twice.
     """
     import keras
 
