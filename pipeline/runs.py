@@ -3,7 +3,8 @@
 A run is tagged with the process writing it (:func:`process_tags`). A stage
 resumed from a checkpoint reopens the run the checkpoint names
 (:func:`open_run`, tag :data:`RESUME_TAG`) and logs the epochs it lacks
-(:func:`log_history`); before that, the RUNNING runs of the same stage whose
+(:func:`log_history`; :func:`resumable` does all of it around a stage's
+training); before that, the RUNNING runs of the same stage whose
 process on this host is gone are ended FAILED (:func:`end_dead_runs`, tag
 :data:`END_TAG`). :func:`ending` wraps a stage's work: an error ends the run
 FAILED, SIGTERM or Ctrl-C KILLED. The calls go through :mod:`pipeline.tracking`.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
+from pipeline.training import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,31 @@ def open_run(resumed: str | None, name: str, experiment: str, tags: Mapping[str,
     end_dead_runs(tags["dvc.stage"], experiment, keep=resumed)
     if resumed and reopen(resumed):
         return resumed
-    return tracking.start(name, experiment, tags, params)
+    return tracking.start(name, experiment, {**tags, **process_tags()}, params)
+
+
+@contextmanager
+def resumable(
+    checkpoints: Path, key: str, name: str, experiment: str, tags: Mapping[str, str], params: Mapping[str, Any]
+) -> Iterator[tuple[str, Path, checkpoint.State | None]]:
+    """A stage's training under its checkpoints: yields (run id, checkpoint folder, the checkpoint to resume or None).
+
+    ``checkpoints/<key>`` is the run's folder (other keys' are stale and go,
+    :func:`pipeline.training.checkpoint.folder`); the run is the checkpoint's,
+    reopened, or a new one (:func:`open_run`), and gets the epochs a kill left
+    unlogged. The block runs under :func:`ending`; when it succeeds the
+    checkpoints go, then the run ends FINISHED (a kill in between leaves no
+    finished run to resume).
+    """
+    saved = checkpoint.folder(checkpoints, key)
+    resume = checkpoint.load(saved)
+    run_id = open_run(resume and resume.run_id, name, experiment, tags, params)
+    with ending(run_id):
+        if resume:
+            log_history(run_id, resume.history)
+        yield run_id, saved, resume
+        checkpoint.clear(checkpoints)
+        tracking.finish(run_id)
 
 
 def log_history(run_id: str, history: Mapping[str, list[float]]) -> None:

@@ -104,10 +104,7 @@ def _mlflow(start: Path | None = None):  # noqa: ANN202 - the module
     # user's choice, and every subprocess (a DVC stage of another project) would log here. Keep the user's setting only.
     if chosen is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if uri not in _relocated:
-        _relocated.add(uri)
-        relocate_store(uri)
-    _replay_once(project_root(start), uri)
+    _first_use(project_root(start), uri)
     return mlflow
 
 
@@ -274,8 +271,6 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
     fails the next call.
     """
     mlflow = _mlflow()
-    from mlflow.entities import Param
-
     client = mlflow.MlflowClient()
     try:
         run_id = client.create_run(
@@ -289,7 +284,7 @@ def start(variant: str, dataset: str, tags: Mapping[str, str], params: Mapping[s
             f"tracking server {mlflow.get_tracking_uri()}: account {user!r} may not write into experiment {dataset!r} "
             "(403 Permission denied): the stack's admin grants it with `python -m pipeline stack user add`"
         ) from None
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in _mlflow_params(params).items()])
+    _apply(client, run_id, {"op": "batch", "params": {k: str(v) for k, v in _mlflow_params(params).items()}})
     log.info("MLflow run %s (%s / %s) at %s", run_id, dataset, variant, mlflow.get_tracking_uri())
     return run_id
 
@@ -326,8 +321,6 @@ def log_artifact(run_id: str, path: Path, folder: str) -> None:
 
 # --- delivery: live while the store answers, else into the spool (see the module docstring)
 _outage: set[str] = set()  # runs of this process whose calls go to the spool
-_replayed: set[tuple[Path, str]] = set()
-_relocated: set[str] = set()  # sqlite stores checked by relocate_store in this process
 
 
 def spool_folder(start: Path | None = None) -> Path:
@@ -361,6 +354,12 @@ def _apply(client: Any, run_id: str, record: Mapping[str, Any]) -> None:
         raise PipelineError(f"tracking spool: unknown record {op!r} for run {run_id}")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (MLflow's hold whole tracebacks), or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _send(run_id: str, record: dict[str, Any], path: Path | None = None) -> None:
     """Make the call now; when the store fails, spool it, and every later call of the run (their order holds)."""
     mlflow = _mlflow()
@@ -371,11 +370,10 @@ def _send(run_id: str, record: dict[str, Any], path: Path | None = None) -> None
             return
         except Exception as exc:  # noqa: BLE001 - whatever the store or the network raised, training goes on
             _outage.add(run_id)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning(
                 "tracking store %s failed (%s): run %s's calls go to %s until they are replayed",
                 record["uri"],
-                first[:300],
+                _first_line(exc),
                 run_id,
                 spool_folder() / run_id,
             )
@@ -411,7 +409,7 @@ def sync(start: Path | None = None, only_uri: str | None = None) -> tuple[int, l
                 for record in queued:
                     _apply(client, run_id, record)
             except Exception as exc:  # noqa: BLE001 - the store is still away: keep the queue whole
-                log.warning("tracking spool %s: not replayed yet (%s)", folder / run_id, str(exc).strip().splitlines()[0][:300])
+                log.warning("tracking spool %s: not replayed yet (%s)", folder / run_id, _first_line(exc))
                 left.append(run_id)
                 continue
             spool.remove(folder, run_id)
@@ -421,11 +419,10 @@ def sync(start: Path | None = None, only_uri: str | None = None) -> tuple[int, l
     return sent, left
 
 
-def _replay_once(root: Path, uri: str) -> None:
-    """At a process's first use of a store, replay what earlier stages spooled for it."""
-    if (root, uri) in _replayed:
-        return
-    _replayed.add((root, uri))
+@cache
+def _first_use(root: Path, uri: str) -> None:
+    """Once per process for each project and store: a copied sqlite store relocated, what earlier stages spooled replayed."""
+    relocate_store(uri)
     if spool.pending(root / SPOOL):
         sync(root, only_uri=uri)
 

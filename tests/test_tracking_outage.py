@@ -116,7 +116,7 @@ def test_the_next_use_of_the_store_replays_the_spool(project: tuple[Path, FaultP
     tracking.finish(run_id, "KILLED")
     assert spool.pending(tracking.spool_folder()) == [run_id]
     proxy.set("forward")
-    tracking._replayed.clear()  # a new process: the next stage
+    tracking._first_use.cache_clear()  # a new process: the next stage
     tracking.find_model_run("train@v", "nothing", "pets")
     assert spool.pending(tracking.spool_folder()) == []
     assert mlflow.MlflowClient(proxy.url).get_run(run_id).info.status == "KILLED"

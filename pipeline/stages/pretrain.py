@@ -76,22 +76,16 @@ def main(argv: list[str] | None = None) -> None:
     stage = "pretrain"
     tags = {
         **tracking.git_tags(),
-        **runs.process_tags(),
         "dvc.stage": stage,
         "dataset": "houses",
         "data.profile": params.data.profile,
         "data.manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
     }
-    saved = checkpoint.folder(paths.checkpoints(stage), checkpoint.run_key(run_params, [manifest_path]))
-    resume = checkpoint.load(saved)
-    run_id = runs.open_run(resume and resume.run_id, "backbone", tracking.PRETRAIN_EXPERIMENT, tags, run_params)
-    with runs.ending(run_id):
-        if resume:
-            runs.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
+    key = checkpoint.run_key(run_params, [manifest_path])
+    experiment = tracking.PRETRAIN_EXPERIMENT
+    with runs.resumable(paths.checkpoints(stage), key, "backbone", experiment, tags, run_params) as (run_id, saved, resume):
         backbone, history, seconds = fit_backbone(cfg, data, size, run_id, saved, resume)
         save_and_log(run_id, backbone, history, seconds, decode_seconds, is_val, photos, data, size)
-        checkpoint.clear(paths.checkpoints(stage))  # before the run ends: a kill in between leaves no finished run to resume
-        tracking.finish(run_id)
 
 
 def save_and_log(

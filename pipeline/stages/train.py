@@ -88,23 +88,20 @@ def main(argv: list[str] | None = None) -> None:
     stage = f"train@{variant.name}"
     tags = {
         **tracking.git_tags(),
-        **runs.process_tags(),
         "dvc.stage": stage,
         "data.hash": tracking.data_hash(Path("dvc.lock"), variant.dataset),
         "dataset": variant.dataset,
         "data.profile": params.data.profile,
     }
     inputs = [stats_path, prepared, *([paths.PRETRAIN] if "transfer" in run_config else [])]
-    saved = checkpoint.folder(paths.checkpoints(stage), checkpoint.run_key(run_config, inputs))
-    resume = checkpoint.load(saved)
-    run_id = runs.open_run(resume and resume.run_id, variant.name, variant.dataset, tags, run_config)
-    with runs.ending(run_id):
-        if resume:
-            runs.log_history(run_id, resume.history)  # epochs a kill left checkpointed but unlogged
+    key = checkpoint.run_key(run_config, inputs)
+    with runs.resumable(paths.checkpoints(stage), key, variant.name, variant.dataset, tags, run_config) as (
+        run_id,
+        saved,
+        resume,
+    ):
         model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer, saved, resume)
         save_and_log(variant, run_id, run_config, meta, stats, stats_path, policy, prepared, (model, history, seconds, seen))
-        checkpoint.clear(paths.checkpoints(stage))  # before the run ends: a kill in between leaves no finished run to resume
-        tracking.finish(run_id)
 
 
 def save_and_log(

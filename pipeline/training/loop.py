@@ -327,9 +327,8 @@ def fit_backbone(
     x = backbone(x)
     model = keras.Model(image, keras.layers.Dense(len(HOUSE_ROOMS), activation="softmax", name="room")(x), name="pretrain")
     per_epoch = -(-len(y_train) // cfg.batch_size)
-    lr = keras.optimizers.schedules.CosineDecay(
-        cfg.learning_rate, decay_steps=cfg.epochs * per_epoch
-    )  # settles by the last epoch
+    # settles by the last epoch
+    lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=cfg.epochs * per_epoch)
     model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
 
     def train_ds(epochs: range):  # noqa: ANN202
