@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -219,6 +219,7 @@ class Split(Section):
     """Split sizes: fractions of each class (``per_class=False``) or image counts per class."""
 
     DERIVED = ("per_class",)  # from the sizes' types in params: whole numbers are counts
+    PARTIAL: ClassVar[bool] = False  # fractions may leave photos out of every split (sum < 1)
 
     train: number(0)
     val: number(0)
@@ -227,13 +228,21 @@ class Split(Section):
 
     @model_validator(mode="after")
     def _sizes(self) -> Split:
+        total = self.train + self.val + self.test
         if self.per_class:
             if self.train < 1:
                 raise KeyedError("train", f"needs at least 1 image per class, got {self.train:g}")
-        elif not (self.train > 0 and 0.999 <= self.train + self.val + self.test <= 1.001 and self.test > 0):
+        elif not (self.train > 0 and self.test > 0 and (self.PARTIAL or total >= 0.999) and total <= 1.001):
             sizes = {k: getattr(self, k) for k in SPLITS}
-            raise ValueError(f"fractions must be > 0 for train and test and sum to 1, got {sizes}")
+            rule = "sum to at most 1" if self.PARTIAL else "sum to 1"
+            raise ValueError(f"fractions must be > 0 for train and test and {rule}, got {sizes}")
         return self
+
+
+class PetsSplit(Split):
+    """Pets' split: what it leaves out of train / val / test is the ``pretrain.pets_unlabeled`` photos."""
+
+    PARTIAL = True
 
 
 def _split(counts: bool) -> BeforeValidator:
@@ -259,7 +268,7 @@ def _split(counts: bool) -> BeforeValidator:
 class PetsPrepare(Section):
     image_size: integer(16, 1024)
     resize: Literal[RESIZE_MODES]
-    split: Annotated[Split, _split(counts=True)]
+    split: Annotated[PetsSplit, _split(counts=True)]
 
 
 class HousesPrepare(Section):
@@ -420,6 +429,90 @@ class TrainConfig(Section):
         return warmup
 
 
+# --------------------------------------------------------------------------- pretrain / transfer (transfer learning)
+
+BACKBONES: tuple[str, ...] = ("pretrain", "imagenet", "file")
+APPLICATIONS: tuple[str, ...] = tuple(PREPROCESSING)  # the keras.applications backbones whose input scaling is known
+ENCODERS: tuple[str, ...] = ("conv", "resnet")  # pipeline.models.transfer.conv_backbone / resnet_backbone
+
+
+class RoomsPretrain(Section):
+    """``houses_rooms``: room types (supervised) of the house photos; val on houses never trained on."""
+
+    seed: SEED
+    epochs: integer(1, 10000)
+    batch_size: integer(1, 65536)
+    learning_rate: number(1e-8, 10)
+    width: number(0.05, 8)
+    val_fraction: number(0.01, 0.5)  # of the houses, held out with all their photos
+
+
+class UnlabeledPretrain(Section):
+    """``pets_unlabeled``: SimCLR on the pet photos of no split (labels never read); probed on the labeled splits."""
+
+    seed: SEED
+    epochs: integer(1, 10000)
+    batch_size: integer(2, 65536)
+    learning_rate: number(1e-8, 10)  # AdamW, after ``warmup`` epochs of linear ramp, cosine decay to 0
+    weight_decay: number(0, 1)
+    warmup: integer(0, 10000)
+    encoder: Literal[ENCODERS]
+    width: number(0.05, 8)
+    extra: dict[str, Any] = Field(default_factory=dict)  # the resnet encoder's knobs (filters, blocks, stem, min_map)
+    train_size: integer(0, 4096)  # the views' size; 0 = pretrain.image_size (smaller is faster; the backbone keeps its size)
+    temperature: number(0.001, 10)
+    min_scale: number(0.01, 1)  # the smallest crop, as a fraction of the photo's area
+    jitter: number(0, 1)  # colour jitter strength (SimCLR's s)
+    projection_dim: integer(1, 4096)
+    knn: integer(1, 1000)  # k of the kNN probe
+
+    @field_validator("warmup")
+    @classmethod
+    def _leaves_epochs(cls, warmup: int, info: ValidationInfo) -> int:
+        epochs = info.data.get("epochs")
+        if epochs is not None and warmup >= epochs:
+            raise ValueError(f"{warmup} epochs of warmup leave none of the {epochs} epochs")
+        return warmup
+
+    @field_validator("extra")
+    @classmethod
+    def _resnet_knobs(cls, extra: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.data.get("encoder") == "resnet":
+            KNOBS["resnet"].model_validate(extra, context={"owner": "the resnet encoder's extra"})
+        elif extra:
+            raise ValueError(f"only the resnet encoder has extra knobs, got {extra!r}")
+        return extra
+
+
+class PretrainConfig(Section):
+    """The offline source tasks, one ``pretrain@<source>`` stage each, at ``image_size`` (0: ``prepare.pets.image_size``)."""
+
+    image_size: integer(0, 4096)  # 0 = prepare.pets.image_size; else the transfer variants' image_size
+    houses_rooms: RoomsPretrain
+    pets_unlabeled: UnlabeledPretrain
+
+
+PRETRAIN_SOURCES: tuple[str, ...] = tuple(PretrainConfig.model_fields)[1:]  # the fields after image_size
+
+
+class TransferConfig(Section):
+    """Which backbone the ``needs_backbone`` variants start from."""
+
+    backbone: Literal[BACKBONES]
+    source: Literal[PRETRAIN_SOURCES]  # backbone pretrain: models/pretrain/<source>
+    application: Literal[APPLICATIONS]  # keras.applications name (imagenet, file)
+    weights: Text | None  # local weights file (file: required; imagenet: instead of the download)
+
+    @field_validator("weights")
+    @classmethod
+    def _required_for_file(cls, weights: str | None, info: ValidationInfo) -> str | None:
+        if weights is None and info.data.get("backbone") == "file":
+            raise ValueError(
+                "required when transfer.backbone is file (a weights file of transfer.application, or a .keras backbone)"
+            )
+        return weights
+
+
 TTA: tuple[str, ...] = ("none", "flip")
 MODELS: tuple[str, ...] = tuple(KNOBS)  # the registered families (pipeline.models.registry), without Keras
 
@@ -428,7 +521,7 @@ class Variant(Section):
     """One trained model: a registry family on a dataset, with its knobs and resolved training config."""
 
     DERIVED = ("name",)  # its key in ``variants``
-    FILLED = ("train",)  # the top-level ``train``, overridden by the variant's own
+    FILLED = ("train", "transfer")  # the top-level sections, overridden by the variant's own
 
     name: str
     dataset: Literal[DATASETS]
@@ -440,6 +533,7 @@ class Variant(Section):
     # the builder's own knobs, as written (checked against the model's schema, defaults not filled in)
     extra: dict[str, Any] = Field(default_factory=dict)
     train: TrainConfig
+    transfer: TransferConfig  # the backbone of a transfer model (needs_backbone); the others ignore it
     tta: Literal[TTA] = "none"  # test-time flipping built into the model (pipeline.models.wrap)
     image_size: integer(0, 4096) = 0  # the model's own resolution, resized from the prepared images inside the model; 0 = theirs
 
@@ -457,41 +551,6 @@ VariantName = Annotated[
     _name(r"[a-z0-9_]+", "a variant name is lower-case letters, digits and _ (it names a stage and a folder)"),
     _name(r"(?!pretrain$).*", "the name is reserved for the pretrain stage's models/pretrain; choose another"),
 ]
-
-
-# --------------------------------------------------------------------------- pretrain / transfer (transfer learning)
-
-BACKBONES: tuple[str, ...] = ("pretrain", "imagenet", "file")
-APPLICATIONS: tuple[str, ...] = tuple(PREPROCESSING)  # the keras.applications backbones whose input scaling is known
-
-
-class PretrainConfig(Section):
-    """The offline source task: room types of the house photos, at ``image_size`` (0: ``prepare.pets.image_size``)."""
-
-    seed: SEED
-    epochs: integer(1, 10000)
-    batch_size: integer(1, 65536)
-    learning_rate: number(1e-8, 10)
-    width: number(0.05, 8)
-    val_fraction: number(0.01, 0.5)  # of the houses, held out with all their photos
-    image_size: integer(0, 4096)  # 0 = prepare.pets.image_size; else the transfer variants' image_size
-
-
-class TransferConfig(Section):
-    """Which backbone the ``needs_backbone`` variants start from."""
-
-    backbone: Literal[BACKBONES]
-    application: Literal[APPLICATIONS]  # keras.applications name (imagenet, file)
-    weights: Text | None  # local weights file (file: required; imagenet: instead of the download)
-
-    @field_validator("weights")
-    @classmethod
-    def _required_for_file(cls, weights: str | None, info: ValidationInfo) -> str | None:
-        if weights is None and info.data.get("backbone") == "file":
-            raise ValueError(
-                "required when transfer.backbone is file (a weights file of transfer.application, or a .keras backbone)"
-            )
-        return weights
 
 
 # --------------------------------------------------------------------------- review (python -m pipeline report --base)
@@ -520,26 +579,27 @@ with warnings.catch_warnings():
         prepare: PrepareConfig
         augment: AugmentConfig
         train: TrainConfig
-        variants: dict[VariantName, Variant]
         pretrain: PretrainConfig
         transfer: TransferConfig
+        variants: dict[VariantName, Variant]
         review: ReviewConfig = REVIEW_DEFAULT  # absent from older params files (a review compares with them)
 
         @field_validator("variants", mode="before")
         @classmethod
         def _resolve(cls, variants: Any, info: ValidationInfo) -> Any:
-            """Each variant gets its name (its key) and the top-level ``train`` under its own overrides."""
+            """Each variant gets its name (its key) and the top-level ``train`` and ``transfer`` under its own overrides."""
             if not (isinstance(variants, Mapping) and variants):
                 raise ValueError(f"expected a mapping of variant name -> settings, got {variants!r}")
-            train = info.data.get("train")  # absent: it is wrong, and named first
             out = {}
             for name, v in variants.items():
                 if isinstance(v, Mapping):
                     if "name" in v:
                         raise UnknownKey((name, "name"), Variant.params_keys())
                     v = {**v, "name": name}
-                    if train is not None and isinstance(v.get("train", {}), Mapping):
-                        v["train"] = {**train.model_dump(), **v.get("train", {})}
+                    for section in Variant.FILLED:
+                        top = info.data.get(section)  # absent: it is wrong, and named first
+                        if top is not None and isinstance(v.get(section, {}), Mapping):
+                            v[section] = {**top.model_dump(), **v.get(section, {})}
                 out[name] = v
             return out
 

@@ -24,6 +24,10 @@ def train_log(variant: str) -> Path:
     return LOGS / "train" / f"{variant}.json"
 
 
+def pretrain_log(source: str) -> Path:
+    return LOGS / "pretrain" / f"{source}.json"
+
+
 def raw(dataset: str) -> Path:
     return Path("data/raw") / dataset
 
@@ -81,3 +85,8 @@ def plot_images(variant: str) -> Path:
 
 # --- transfer learning: the pretrain stage's backbone (backbone.keras, summary.json)
 PRETRAIN = Path("models/pretrain")
+
+
+def pretrain(source: str) -> Path:
+    """The ``pretrain@<source>`` stage's output folder."""
+    return PRETRAIN / source

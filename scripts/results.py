@@ -185,6 +185,26 @@ def pets_figures(root: Path, name: str) -> dict[str, Any]:
     return out
 
 
+def pretrain_figures(root: Path, source: str) -> dict[str, Any]:
+    """A pretrain source's quality figures (summary.json) and its pretraining seconds."""
+    summary = _json(root / "models" / "pretrain" / source / "summary.json")
+    timings = _json(root / "logs" / "pretrain" / f"{source}.json")
+    keep = ("task", "knn_accuracy", "linear_probe_accuracy", "val_accuracy", "chance_accuracy", "epochs", "parameters")
+    return {**{k: summary[k] for k in keep if k in summary}, "pretrain_seconds": round(timings["seconds"], 1)}
+
+
+def sources(params: Mapping[str, Any], names: list[str]) -> dict[str, str]:
+    """The pretrain source of each of ``names`` that starts from a pretrained backbone (``transfer.backbone: pretrain``)."""
+    out = {}
+    for name in names:
+        variant = params["variants"][name]
+        transfer = {**params["transfer"], **variant.get("transfer", {})}
+        # transfer_scratch takes only the backbone's architecture, not its weights
+        if variant["model"] in ("transfer_features", "transfer_finetune") and transfer["backbone"] == "pretrain":
+            out[name] = transfer["source"]
+    return out
+
+
 def houses_figures(root: Path, name: str) -> dict[str, Any]:
     """MAPE as the seed reports it: mean and std of the absolute percentage error on the test houses."""
     metrics = _json(root / "reports" / "metrics" / f"{name}.json")
@@ -207,11 +227,32 @@ def houses_entry(by_seed: Mapping[int, Mapping[str, Any]], seeds: tuple[int, ...
     }
 
 
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def table(results: Mapping[str, Any]) -> str:
-    """The results table of ``docs/results.md`` (markdown)."""
-    lines = ["| pets variant | test accuracy | image-passes | train s |", "|---|---|---|---|"]
+    """The results tables of ``docs/results.md`` (markdown)."""
+    lines = [
+        "| pets variant | backbone | test accuracy | kNN on its features | image-passes | train s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in sorted(results.get("pets", {}).items(), key=lambda kv: -kv[1]["test_accuracy"]):
-        lines.append(f"| `{name}` | {r['test_accuracy']:.3f} | {r['image_passes']:,} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| `{name}` | {r.get('source', '')} | {r['test_accuracy']:.3f} | {_score(r.get('knn_accuracy'))} |"
+            f" {r['image_passes']:,} | {r['train_seconds']:.0f} |"
+        )
+    if results.get("pretrain"):
+        lines += [
+            "",
+            "| pretrain source | task | kNN (val) | linear probe (val) | source-task val accuracy | epochs | pretrain s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in sorted(results["pretrain"].items()):
+            lines.append(
+                f"| `{name}` | {r['task']} | {_score(r.get('knn_accuracy'))} | {_score(r.get('linear_probe_accuracy'))} |"
+                f" {_score(r.get('val_accuracy'))} | {r['epochs']} | {r['pretrain_seconds']:.0f} |"
+            )
     lines += ["", "| houses variant | MAPE, seed split (mean ± std) | mean MAPE over splits | seeds |", "|---|---|---|---|"]
     for name, r in sorted(results.get("houses", {}).items(), key=lambda kv: kv[1]["mape_mean_over_splits"]):
         seed = r["seed_split"]
@@ -268,8 +309,10 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
             by_seed[n][seed] = houses_figures(root, n)
     finally:
         server.shutdown()
+    used = sources(params, pets)
     return {
-        "pets": {n: pets_figures(root, n) for n in pets},
+        "pets": {n: {**pets_figures(root, n), **({"source": used[n]} if n in used else {})} for n in pets},
+        "pretrain": {source: pretrain_figures(root, source) for source in sorted(set(used.values()))},
         "houses": {n: houses_entry(by_seed[n], plan.split_seeds) for n in houses},
         "seconds": seconds,
     }
@@ -297,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "pets": {**old.get("pets", {}), **new["pets"]},
         "houses": {**old.get("houses", {}), **new["houses"]},
+        "pretrain": {**old.get("pretrain", {}), **new["pretrain"]},
         "runs": [
             *old.get("runs", []),
             {

@@ -64,7 +64,10 @@ def working_tree_clone(root: Path, variants: tuple[str, ...], pretrain_epochs: i
 
     def small(raw: dict) -> None:
         raw["variants"] = {k: raw["variants"][k] for k in variants}
-        raw["pretrain"]["epochs"] = pretrain_epochs
+        for source in ("houses_rooms", "pets_unlabeled"):  # config.PRETRAIN_SOURCES
+            raw["pretrain"][source]["epochs"] = pretrain_epochs
+        unlabeled = raw["pretrain"]["pets_unlabeled"]
+        unlabeled["warmup"] = min(unlabeled["warmup"], pretrain_epochs - 1)  # a warmup must leave epochs to train
 
     edit(root, small)
     sh(root, "git", "add", "-A")

@@ -65,3 +65,21 @@ def test_missing_dataset_argument(project: Path) -> None:
     result = cli(project, "stats")
     assert result.returncode == 2
     assert "the following arguments are required: dataset" in result.stderr
+
+
+def test_pretrain_needs_a_known_source(project: Path) -> None:
+    result = cli(project, "pretrain")
+    assert result.returncode == 2 and "the following arguments are required: source" in result.stderr
+    result = cli(project, "pretrain", "rooms")
+    assert result.returncode == 2
+    assert "invalid choice: 'rooms' (choose from 'houses_rooms', 'pets_unlabeled')" in result.stderr
+
+
+def test_pretrain_before_its_inputs_names_the_stage_to_run(project: Path) -> None:
+    result = cli(project, "pretrain", "pets_unlabeled")
+    assert result.returncode == 1
+    lines = [line for line in error_lines(result) if line.startswith("ERROR")]
+    assert lines == [
+        "ERROR pipeline.stages.pretrain: data/validated/pets/manifest.parquet: not found; run the validate stage for pets first"
+    ]
+    assert not (project / "models").exists()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline import config
-from pipeline.config import ConfigError, Split
+from pipeline.config import ConfigError, PetsSplit, Split
 from pipeline.models import registry
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -56,8 +56,9 @@ def test_repository_params_parse() -> None:
     assert params.prepare.pets.resize in config.RESIZE_MODES
     split = params.prepare.pets.split
     assert split.per_class is False
-    assert split.train + split.val + split.test == pytest.approx(1.0)
-    assert params.prepare.houses.split.per_class is False
+    assert 0 < split.train + split.val + split.test <= 1  # the rest: the unlabeled photos of pretrain.pets_unlabeled
+    houses = params.prepare.houses.split
+    assert houses.per_class is False and houses.train + houses.val + houses.test == pytest.approx(1.0)
     assert params.prepare.houses.group_duplicates is RAW["prepare"]["houses"]["group_duplicates"]
 
 
@@ -75,7 +76,7 @@ def test_sha256_is_lowercased() -> None:
 
 def test_per_class_counts_parse_as_counts() -> None:
     params = config.parse(with_change("prepare.pets.split", {"train": 1000, "val": 500, "test": 500}))
-    assert params.prepare.pets.split == Split(train=1000.0, val=500.0, test=500.0, per_class=True)
+    assert params.prepare.pets.split == PetsSplit(train=1000.0, val=500.0, test=500.0, per_class=True)
 
 
 def test_zero_val_fraction_is_allowed() -> None:
@@ -110,7 +111,8 @@ BAD = [
     ("datasets.pets.sha256", "abc123", "datasets.pets.sha256", ["64 hex digits", "'abc123'"]),
     ("datasets.houses.mirror.sha256", "z" * 64, "datasets.houses.mirror.sha256", ["64 hex digits"]),
     ("data.mirror", "", "data.mirror", ["non-empty string"]),
-    ("prepare.pets.split", {"train": 0.7, "val": 0.2, "test": 0.2}, "prepare.pets.split", ["sum to 1"]),
+    ("prepare.pets.split", {"train": 0.7, "val": 0.2, "test": 0.2}, "prepare.pets.split", ["sum to at most 1"]),
+    ("prepare.houses.split", {"train": 0.6, "val": 0.15, "test": 0.15}, "prepare.houses.split", ["and sum to 1,"]),
     ("prepare.houses.split", {"train": 0.8, "val": 0.2, "test": 0.0}, "prepare.houses.split", ["> 0 for train and test"]),
     ("prepare.pets.split", {"train": 0.7, "val": 100, "test": 0.15}, "prepare.pets.split", ["not a mix", "whole numbers"]),
     ("prepare.pets.split", {"train": 0, "val": 5, "test": 5}, "prepare.pets.split.train", ["at least 1 image"]),
@@ -300,3 +302,81 @@ def test_loading_params_imports_neither_tensorflow_nor_keras() -> None:
         "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_PARAMS.parent, check=True)
+
+
+# --------------------------------------------------------------------------- pretrain sources and transfer.source
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("pretrain.pets_unlabeled.encoder", "vit", "pretrain.pets_unlabeled.encoder: 'vit' is not one of conv, resnet"),
+        ("pretrain.pets_unlabeled.warmup", 4, "pretrain.pets_unlabeled.warmup: 4 epochs of warmup leave none of the 4 epochs"),
+        ("pretrain.pets_unlabeled.warmup", 9, "pretrain.pets_unlabeled.warmup: 9 epochs of warmup leave none of the 4 epochs"),
+        ("pretrain.pets_unlabeled.extra", {"stem": "deep"}, "pretrain.pets_unlabeled.extra: only the resnet encoder has extra"),
+        ("pretrain.pets_unlabeled.batch_size", 1, "pretrain.pets_unlabeled.batch_size: 1 is outside [2, 65536]"),
+        ("pretrain.pets_unlabeled.temperature", 0, "pretrain.pets_unlabeled.temperature: 0 is outside"),
+        ("pretrain.pets_unlabeled.min_scale", 1.5, "pretrain.pets_unlabeled.min_scale: 1.5 is outside"),
+        ("pretrain.pets_unlabeled.knn", 0, "pretrain.pets_unlabeled.knn: 0 is outside [1, 1000]"),
+        ("pretrain.pets_unlabeled.projection", 64, "pretrain.pets_unlabeled.projection: unknown key"),
+        ("pretrain.pets_unlabeled.seed", _DELETE, "pretrain.pets_unlabeled.seed: missing key"),
+        ("pretrain.houses_rooms.val_fraction", 0.9, "pretrain.houses_rooms.val_fraction: 0.9 is outside"),
+        ("pretrain.houses_rooms.temperature", 0.2, "pretrain.houses_rooms.temperature: unknown key"),
+        (
+            "pretrain.imagenet",
+            {"seed": 1},
+            "pretrain.imagenet: unknown key; allowed keys of pretrain: houses_rooms, image_size, pets_unlabeled",
+        ),
+        ("pretrain.epochs", 2, "pretrain.epochs: unknown key"),  # the old flat layout
+        ("transfer.source", "imagenet", "transfer.source: 'imagenet' is not one of houses_rooms, pets_unlabeled"),
+        (
+            "variants.transfer_features.transfer",
+            {"source": "rooms"},
+            "variants.transfer_features.transfer.source: 'rooms' is not one of houses_rooms, pets_unlabeled",
+        ),
+        ("variants.transfer_features.transfer", {"sorce": "x"}, "variants.transfer_features.transfer.sorce: unknown key"),
+    ],
+)
+def test_bad_pretrain_and_transfer_source_keys_name_the_key(key: str, value: Any, message: str) -> None:
+    assert message in error_of(with_change(key, value))
+
+
+def test_resnet_encoder_takes_the_resnet_knobs_and_checks_them() -> None:
+    raw = with_change("pretrain.pets_unlabeled.encoder", "resnet")
+    raw["pretrain"]["pets_unlabeled"]["extra"] = {"filters": [8, 16], "blocks": [1, 1]}
+    assert config.parse(raw).pretrain.pets_unlabeled.extra == {"filters": [8, 16], "blocks": [1, 1]}
+    raw["pretrain"]["pets_unlabeled"]["extra"] = {"filtres": [8]}
+    message = error_of(raw)
+    assert message.startswith("pretrain.pets_unlabeled.extra.filtres: unknown key; allowed keys of the resnet encoder's extra")
+
+
+def test_pretrain_sources_are_the_sections_after_image_size() -> None:
+    assert config.PRETRAIN_SOURCES == ("houses_rooms", "pets_unlabeled")
+    params = config.parse(copy.deepcopy(RAW))
+    assert params.pretrain.houses_rooms.val_fraction == RAW["pretrain"]["houses_rooms"]["val_fraction"]
+    assert params.pretrain.pets_unlabeled.encoder in config.ENCODERS
+    assert params.transfer.source in config.PRETRAIN_SOURCES
+
+
+def test_a_variant_transfer_override_resolves_while_the_others_keep_the_default() -> None:
+    raw = with_change("transfer.source", "pets_unlabeled")
+    raw["variants"]["transfer_features"]["transfer"] = {"source": "houses_rooms"}
+    params = config.parse(raw)
+    own = params.variants["transfer_features"].transfer
+    assert own.source == "houses_rooms" and own.backbone == params.transfer.backbone  # the rest from the top level
+    assert own.application == params.transfer.application and own.weights == params.transfer.weights
+    assert params.variants["transfer_finetune"].transfer == params.transfer  # no override: the top-level section
+    assert params.variants["transfer_finetune"].transfer.source == "pets_unlabeled"
+    assert params.variants["lenet5"].transfer == params.transfer  # every variant has one; the non-transfer ones ignore it
+    assert params.variants["transfer_features"].model_dump()["transfer"]["source"] == "houses_rooms"
+
+
+def test_pets_split_may_leave_photos_out_but_houses_split_may_not() -> None:
+    sizes = {"train": 0.6, "val": 0.15, "test": 0.15}
+    split = config.parse(with_change("prepare.pets.split", sizes)).prepare.pets.split
+    assert split == PetsSplit(train=0.6, val=0.15, test=0.15, per_class=False)
+    assert split.train + split.val + split.test == pytest.approx(0.9)
+    message = error_of(with_change("prepare.houses.split", sizes))
+    assert message.startswith("prepare.houses.split: fractions must be > 0 for train and test and sum to 1,"), message
+    assert config.parse(with_change("prepare.pets.split", {"train": 0.7, "val": 0.15, "test": 0.15})).prepare.pets.split
+    assert "sum to at most 1" in error_of(with_change("prepare.pets.split", {"train": 0.8, "val": 0.15, "test": 0.15}))

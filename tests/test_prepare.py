@@ -11,7 +11,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from pipeline import config
-from pipeline.config import HOUSE_ROOMS, SPLITS, Split
+from pipeline.config import HOUSE_ROOMS, SPLITS, PetsSplit, Split
 from pipeline.data import shards, splits
 from pipeline.data.images import load, montage
 from pipeline.errors import PipelineError
@@ -81,6 +81,20 @@ def test_split_classes_per_class_counts() -> None:
         "A": {"": 50, "test": 2, "train": 5, "val": 3},
         "B": {"": 30, "test": 2, "train": 5, "val": 3},
     }
+
+
+def test_split_classes_fractions_summing_below_one_leave_the_rest_undrawn() -> None:
+    frame = pets_frame({"A": 60, "B": 40})
+    partial = PetsSplit(train=0.6, val=0.15, test=0.15, per_class=False)
+    assignment = splits.split_classes(frame, partial, seed=1)
+    assert per_label_counts(frame, assignment) == {
+        "A": {"": 6, "test": 9, "train": 36, "val": 9},
+        "B": {"": 4, "test": 6, "train": 24, "val": 6},
+    }
+    whole = splits.split_classes(frame, FRACTIONS, seed=1)  # summing to 1: every row drawn, test takes the rounding rest
+    assert (whole != "").all()
+    assert splits._targets(PetsSplit(train=0.5, val=0.25, test=0.25, per_class=False), 7, "A") == (4, 2, 1)
+    assert splits._targets(partial, 7, "A") == (4, 1, 1)
 
 
 def test_split_classes_too_few_images_names_the_class() -> None:
@@ -250,13 +264,14 @@ def test_main_pets(built: Path, params: config.Params) -> None:
     manifest = pd.read_parquet(built / "data/validated/pets/manifest.parquet")
     accepted = manifest[manifest.status == "accepted"]
     assert meta["image_size"] == params.prepare.pets.image_size and meta["classes"] == ["Cat", "Dog"]
-    assert sorted(index.path) == sorted(accepted.path)  # fractions: every accepted photo is drawn once
+    s = params.prepare.pets.split
+    assert s.train + s.val + s.test < 1  # the demo leaves photos out of every split (pretrain.pets_unlabeled's)
+    assert index.path.is_unique and set(index.path) < set(accepted.path)  # each drawn once, some not at all
     assert index.groupby("sha256").split.nunique().max() == 1  # no identical bytes across splits
     assert (index.label_index == index.label.map({"Cat": 0, "Dog": 1})).all()
-    for label, rows in index.groupby("label"):
-        n, s = len(rows), params.prepare.pets.split
-        counts = rows.split.value_counts()
-        assert (counts["train"], counts["val"]) == (round(s.train * n), round(s.val * n)), label
+    for label, rows in accepted.groupby("label"):
+        n, counts = len(rows), index[index.label == label].split.value_counts()
+        assert (counts["train"], counts["val"], counts["test"]) == (round(s.train * n), round(s.val * n), round(s.test * n))
     folder = built / "data/prepared/pets"
     for row in index.iloc[[0, len(index) // 2, -1]].itertuples():
         expected = load(built / "data/raw/pets" / row.path, meta["image_size"], meta["resize"])
@@ -295,8 +310,9 @@ def test_main_is_reproducible_and_the_seed_matters(tmp_path: Path, built: Path) 
     assert meta_after["seed"] == 7 and meta_after["counts"] == meta_before["counts"]
     split_before = dict(zip(before.path, before.split))
     split_after = dict(zip(after.path, after.split))
-    assert split_before.keys() == split_after.keys()
-    assert sum(split_before[p] != split_after[p] for p in split_before) > len(split_before) // 10
+    assert len(split_before) == len(split_after)  # the same sizes; a split leaving photos out draws other ones
+    changed = sum(split_before.get(p) != split_after.get(p) for p in split_before.keys() | split_after.keys())
+    assert changed > len(split_before) // 10
 
 
 def test_main_before_validate(project: Path) -> None:

@@ -123,11 +123,30 @@ def test_table_and_results_doc_markers(tmp_path: Path) -> None:
         "pets": {
             "a": {"test_accuracy": 0.7, "image_passes": 20000, "train_seconds": 60.0},
             "b": {"test_accuracy": 0.8, "image_passes": 40000, "train_seconds": 90.0},
+            "t": {
+                "test_accuracy": 0.75,
+                "image_passes": 100,
+                "train_seconds": 9.0,
+                "source": "pets_unlabeled",
+                "knn_accuracy": 0.6,
+            },
+        },
+        "pretrain": {
+            "pets_unlabeled": {
+                "task": "simclr",
+                "knn_accuracy": 0.61,
+                "linear_probe_accuracy": 0.64,
+                "epochs": 20,
+                "pretrain_seconds": 300.0,
+            }
         },
         "houses": {"m": results.houses_entry({42: {"mape_mean": 20.0, "mape_std": 2.0}}, (42,))},
     }
     text = results.table(figures)
-    assert text.index("`b`") < text.index("`a`") and "| `b` | 0.800 | 40,000 | 90 |" in text and "20.0 % ± 2.0" in text
+    assert text.index("`b`") < text.index("`t`") < text.index("`a`") and "20.0 % ± 2.0" in text
+    assert "| `b` |  | 0.800 |  | 40,000 | 90 |" in text
+    assert "| `t` | pets_unlabeled | 0.750 | 0.600 | 100 | 9 |" in text
+    assert "| `pets_unlabeled` | simclr | 0.610 | 0.640 |  | 20 | 300 |" in text
     doc = tmp_path / "results.md"
     doc.write_text(f"intro\n{results.MARKERS[0]}\nold\n{results.MARKERS[1]}\nafter\n")
     results.update_doc(doc, text)
@@ -149,3 +168,11 @@ def test_serve_names_a_port_in_use(tmp_path: Path) -> None:
 def test_the_results_doc_carries_the_markers() -> None:
     content = results.RESULTS_DOC.read_text()
     assert all(content.count(marker) == 1 for marker in results.MARKERS)
+
+
+def test_sources_name_the_pretrain_source_of_each_variant_starting_from_one() -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    names = ["transfer_features", "transfer_finetune_rooms", "transfer_scratch", "lenet5"]
+    assert results.sources(params, names) == {"transfer_features": "pets_unlabeled", "transfer_finetune_rooms": "houses_rooms"}
+    params["transfer"]["backbone"] = "imagenet"  # no pretrain source then
+    assert results.sources(params, names) == {}

@@ -47,7 +47,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
 
 
 def launch(root: Path, stage: str = f"train@{VARIANT}") -> subprocess.Popen:
-    """``python -m pipeline train <variant>`` for ``train@<variant>``, ``python -m pipeline pretrain`` for ``pretrain``."""
+    """``python -m pipeline train <variant>`` for ``train@<variant>``, ``... pretrain <source>`` for ``pretrain@<source>``."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONPATH": str(REPO)}
     log = (root / "train.log").open("a")
     argv = stage.split("@")
@@ -126,12 +126,12 @@ def test_a_killed_train_stage_resumes_and_ends_as_an_uninterrupted_one(tmp_path_
 
 @pytest.mark.slow
 def test_transfer_learning_resumes_in_its_fine_tuning_phase(tmp_path_factory: pytest.TempPathFactory) -> None:
-    from tests.test_transfer import PRETRAIN, VARIANTS
+    from tests.test_transfer import PRETRAIN, TRANSFER, VARIANTS
 
     variants = {"finetune": {**VARIANTS["finetune"], "extra": {**VARIANTS["finetune"]["extra"], "finetune_epochs": 3}}}
-    parts = ("data/raw/houses", "data/validated/houses", "data/prepared/pets", "data/stats")
-    sections = {"pretrain": PRETRAIN, "variants": variants}
-    whole = trained_project(tmp_path_factory, "finetune-whole", parts, sections, [("pretrain", [])])
+    parts = ("data/raw/houses", "data/validated/houses", "data/prepared/houses", "data/prepared/pets", "data/stats")
+    sections = {"pretrain": PRETRAIN, "transfer": TRANSFER, "variants": variants}
+    whole = trained_project(tmp_path_factory, "finetune-whole", parts, sections, [("pretrain", ["houses_rooms"])])
     cut = copy_project(whole, tmp_path_factory.mktemp("finetune-cut"), "data/prepared/pets", "data/stats", "models/pretrain")
     assert launch(whole, "train@finetune").wait(600) == 0, (whole / "train.log").read_text()[-3000:]
     code, state = kill_after(cut, 2, signal.SIGKILL, "train@finetune")  # 1 epoch of the head, then 1 of fine-tuning
@@ -145,26 +145,43 @@ def test_transfer_learning_resumes_in_its_fine_tuning_phase(tmp_path_factory: py
     assert tracking.file_md5(cut / paths.model("finetune") / "model.keras") == md5
 
 
+PRETRAIN_RESUME = {  # source -> (the folders it reads, its section with 3 epochs)
+    "houses_rooms": (("data/raw/houses", "data/validated/houses", "data/prepared/houses"), {"epochs": 3}),
+    # SimCLR: views and order are functions of (seed, epoch), so a resumed run sees what the uninterrupted one saw
+    "pets_unlabeled": (
+        ("data/raw/pets", "data/validated/pets", "data/prepared/pets"),
+        {"epochs": 3, "warmup": 1, "width": 0.25, "batch_size": 8, "train_size": 32},
+    ),
+}
+
+
 @pytest.mark.slow
-def test_a_killed_pretrain_resumes_and_ends_as_an_uninterrupted_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("source", sorted(PRETRAIN_RESUME))
+def test_a_killed_pretrain_resumes_and_ends_as_an_uninterrupted_one(
+    tmp_path_factory: pytest.TempPathFactory, source: str
+) -> None:
     from tests.test_transfer import PRETRAIN
 
-    parts = ("data/raw/houses", "data/validated/houses", "data/stats")
-    whole = trained_project(tmp_path_factory, "pretrain-whole", parts, {"pretrain": {**PRETRAIN, "epochs": 3}}, [])
-    cut = copy_project(whole, tmp_path_factory.mktemp("pretrain-cut"), *parts)
-    assert launch(whole, "pretrain").wait(600) == 0, (whole / "train.log").read_text()[-3000:]
-    code, state = kill_after(cut, 1, signal.SIGKILL, "pretrain")
+    parts, changes = PRETRAIN_RESUME[source]
+    stage, out = f"pretrain@{source}", paths.pretrain(source)
+    sections = {"pretrain": {**PRETRAIN, source: {**PRETRAIN[source], **changes}}}
+    whole = trained_project(tmp_path_factory, f"pretrain-whole-{source}", parts, sections, [])
+    cut = copy_project(whole, tmp_path_factory.mktemp(f"pretrain-cut-{source}"), *parts)
+    assert launch(whole, stage).wait(600) == 0, (whole / "train.log").read_text()[-3000:]
+    code, state = kill_after(cut, 1, signal.SIGKILL, stage)
     assert code == -signal.SIGKILL and state.epoch in (1, 2)
-    assert launch(cut, "pretrain").wait(600) == 0, (cut / "train.log").read_text()[-3000:]
+    assert launch(cut, stage).wait(600) == 0, (cut / "train.log").read_text()[-3000:]
     assert f"at epoch {state.epoch + 1}" in (cut / "train.log").read_text()
-    history = pd.read_csv(cut / paths.PRETRAIN / "history.csv")
-    pd.testing.assert_frame_equal(history, pd.read_csv(whole / paths.PRETRAIN / "history.csv"), check_exact=True)
-    md5 = tracking.file_md5(whole / paths.PRETRAIN / "backbone.keras")
-    assert tracking.file_md5(cut / paths.PRETRAIN / "backbone.keras") == md5
+    history = pd.read_csv(cut / out / "history.csv")
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / out / "history.csv"), check_exact=True)
+    md5 = tracking.file_md5(whole / out / "backbone.keras")
+    assert tracking.file_md5(cut / out / "backbone.keras") == md5
     client, run = the_run(cut, tracking.PRETRAIN_EXPERIMENT)
     assert run.info.status == "FINISHED" and run.data.tags[runs.RESUME_TAG] == "1"
+    assert run.data.tags["pretrain.source"] == source and run.data.tags["dvc.stage"] == stage
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [0, 1, 2]
-    assert not (cut / paths.checkpoints("pretrain")).exists() or not any((cut / paths.checkpoints("pretrain")).iterdir())
+    assert not (cut / paths.checkpoints(stage)).exists() or not any((cut / paths.checkpoints(stage)).iterdir())
+    assert sorted(p.name for p in (cut / paths.PRETRAIN).iterdir()) == [source]
 
 
 def test_epoch_plan_depends_on_seed_and_epoch_only() -> None:

@@ -160,6 +160,18 @@ def test_shared_train_change_reaches_every_variant_that_does_not_override_it() -
     assert per_variant["transfer_features"] == []
 
 
+def test_shared_transfer_change_is_named_by_its_shared_key_unless_the_variant_overrides_it() -> None:
+    head = with_variants(
+        transfer__source="houses_rooms", variants__transfer_features_rooms__transfer={"source": "pets_unlabeled"}
+    )
+    per_variant, pipeline_wide = review.diff_params(RAW, head)
+    assert pipeline_wide == [Change("transfer.source", "pets_unlabeled", "houses_rooms")]
+    assert per_variant["transfer_features"] == [Change("transfer.source", "pets_unlabeled", "houses_rooms")]
+    rooms = [Change("variants.transfer_features_rooms.transfer.source", "houses_rooms", "pets_unlabeled")]
+    assert per_variant["transfer_features_rooms"] == rooms
+    assert per_variant["transfer_finetune_rooms"] == []  # overrides the source: houses_rooms either way
+
+
 def test_pipeline_wide_params_are_listed_once() -> None:
     head = with_variants(prepare__pets__image_size=128, augment__policies__standard__flip=False)
     per_variant, pipeline_wide = review.diff_params(RAW, head)

@@ -1,8 +1,9 @@
-"""Transfer learning: the pretrain stage, the frozen / fine-tuned transfer variants, kNN on deep features, backbones.
+"""Transfer learning: the pretrain@houses_rooms stage, the frozen / fine-tuned transfer variants, kNN on deep features, backbones.
 
-One small run on a copy of the shared demo project: pretrain (2 epochs, narrow),
-then train + evaluate ``transfer_features`` and ``transfer_finetune``; the
-tests read what it wrote. The ``imagenet``/``file`` backbones are tested on
+One small run on a copy of the shared demo project: pretrain@houses_rooms (2
+epochs, narrow), then train + evaluate ``transfer_features`` and
+``transfer_finetune`` on its backbone (``transfer.source: houses_rooms``); the
+tests read what it wrote. The ``pets_unlabeled`` source: tests/test_pretrain.py. The ``imagenet``/``file`` backbones are tested on
 their error paths and with a local weights file (never a download).
 """
 
@@ -32,15 +33,19 @@ from pipeline.training import loop  # noqa: E402
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
-PRETRAIN = {
+ROOMS = {  # pretrain.houses_rooms
     "seed": 3,
     "epochs": 2,
     "batch_size": 32,
     "learning_rate": 0.003,
     "width": 0.25,
     "val_fraction": 0.15,
-    "image_size": 0,
 }
+# the whole pretrain section (trained_project replaces top-level sections); pets_unlabeled as in the repository
+PRETRAIN = {**yaml.safe_load(REPO_PARAMS.read_text())["pretrain"], "image_size": 0, "houses_rooms": ROOMS}
+TRANSFER = {"backbone": "pretrain", "source": "houses_rooms", "application": "MobileNetV2", "weights": None}
+BACKBONE = Path("models/pretrain/houses_rooms/backbone.keras")
+SUMMARY = Path("models/pretrain/houses_rooms/summary.json")
 VARIANTS = {
     "features": {
         "dataset": "pets",
@@ -64,9 +69,24 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    parts = ("data/raw/houses", "data/validated/houses", "data/prepared/pets", "data/stats")
-    steps = [("pretrain", []), *(("train", [name]) for name in VARIANTS), ("evaluate", [])]
-    return trained_project(tmp_path_factory, "transfer", parts, {"pretrain": PRETRAIN, "variants": VARIANTS}, steps)
+    parts = ("data/raw/houses", "data/validated/houses", "data/prepared/houses", "data/prepared/pets", "data/stats")
+    steps = [("pretrain", ["houses_rooms"]), *(("train", [name]) for name in VARIANTS), ("evaluate", [])]
+    sections = {"pretrain": PRETRAIN, "transfer": TRANSFER, "variants": VARIANTS}
+    return trained_project(tmp_path_factory, "transfer", parts, sections, steps)
+
+
+def choice(backbone: str, weights: str | None = None, source: str = "houses_rooms") -> TransferConfig:
+    """params' ``transfer`` section (``source`` matters to ``backbone: pretrain`` only)."""
+    return TransferConfig(backbone=backbone, source=source, application="MobileNetV2", weights=weights)
+
+
+def _rooms_photos(root: Path) -> pd.DataFrame:
+    """The photos pretrain@houses_rooms trains and validates on: every room photo but those equal to a val/test photo."""
+    manifest = pd.read_parquet(root / "data/validated/houses/manifest.parquet")
+    index = pd.read_parquet(root / "data/prepared/houses/index.parquet")
+    photos = manifests.room_photos(manifest)
+    kept = manifests.without_held_out(photos, manifest, index, "houses_rooms")
+    return photos[photos.path.isin(kept.path)].reset_index(drop=True)
 
 
 def _client(root: Path):  # noqa: ANN202
@@ -82,7 +102,7 @@ def _backbone_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
 
 
 def _pretrained(root: Path) -> dict[str, list[np.ndarray]]:
-    return _backbone_weights(keras.models.load_model(root / "models/pretrain/backbone.keras", safe_mode=True))
+    return _backbone_weights(keras.models.load_model(root / BACKBONE, safe_mode=True))
 
 
 def _trained_backbone(root: Path, variant: str) -> dict[str, list[np.ndarray]]:
@@ -90,28 +110,32 @@ def _trained_backbone(root: Path, variant: str) -> dict[str, list[np.ndarray]]:
     return _backbone_weights(transfer.backbone_of(model))
 
 
-# --- the pretrain stage ---------------------------------------------------------------------------
+# --- the pretrain@houses_rooms stage -----------------------------------------------------------------
 
 
 def test_pretrain_writes_a_safe_backbone_and_its_summary(project: Path) -> None:
     size = yaml.safe_load((project / "params.yaml").read_text())["prepare"]["pets"]["image_size"]
-    backbone = keras.models.load_model(project / "models/pretrain/backbone.keras", safe_mode=True)
+    backbone = keras.models.load_model(project / BACKBONE, safe_mode=True)
     assert backbone.name == "backbone" and tuple(backbone.inputs[0].shape) == (None, size, size, 3)
-    summary = json.loads((project / "models/pretrain/summary.json").read_text())
-    assert summary["classes"] == list(config.HOUSE_ROOMS) and summary["epochs"] == PRETRAIN["epochs"]
+    summary = json.loads((project / SUMMARY).read_text())
+    assert summary["classes"] == list(config.HOUSE_ROOMS) and summary["epochs"] == ROOMS["epochs"]
     assert 0 <= summary["val_accuracy"] <= 1 and "seconds" not in summary  # timings: in the MLflow run
     assert tuple(backbone.outputs[0].shape) == (None, summary["feature_dim"])
-    assert summary["train_photos"] + summary["val_photos"] == 640  # every demo house photo, 4 per house
+    # every demo house photo (4 per house, 640) but those of the prepared split's val and test houses
+    index = pd.read_parquet(project / "data/prepared/houses/index.parquet")
+    held_out = 4 * int(index.split.isin(["val", "test"]).sum())
+    assert summary["train_photos"] + summary["val_photos"] == len(_rooms_photos(project)) <= 640 - held_out
+    assert sorted(p.name for p in (project / "models/pretrain").iterdir()) == ["houses_rooms"]
     features = backbone.predict(np.full((2, size, size, 3), 128, np.float32), verbose=0)
     assert features.shape == (2, summary["feature_dim"]) and np.isfinite(features).all()
 
 
 def test_backbone_normalizes_with_the_train_photos_statistics(project: Path) -> None:
     """The Normalization holds the mean/variance of the pretraining train photos, as constants."""
-    backbone = keras.models.load_model(project / "models/pretrain/backbone.keras", safe_mode=True)
+    backbone = keras.models.load_model(project / BACKBONE, safe_mode=True)
     cfg = backbone.get_layer("normalize").get_config()
-    photos = manifests.room_photos(pd.read_parquet(project / "data/validated/houses/manifest.parquet"))
-    is_val = splits.split_by_house(photos, PRETRAIN["val_fraction"], PRETRAIN["seed"])
+    photos = _rooms_photos(project)
+    is_val = splits.split_by_house(photos, ROOMS["val_fraction"], ROOMS["seed"])
     pixels = images.load_many(project / "data/raw/houses", photos.path[~is_val].tolist(), tuple(backbone.inputs[0].shape)[1])
     mean, variance = loop.channel_stats(pixels)
     np.testing.assert_allclose(np.ravel(cfg["mean"]), mean, rtol=1e-5)
@@ -121,16 +145,15 @@ def test_backbone_normalizes_with_the_train_photos_statistics(project: Path) -> 
 
 def test_pretrain_run_in_mlflow(project: Path) -> None:
     client = _client(project)
-    md5 = tracking.file_md5(project / "models/pretrain/backbone.keras")
+    md5 = tracking.file_md5(project / BACKBONE)
     (run,) = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id], f"tags.`model.md5` = '{md5}'")
     run_id = run.info.run_id
     assert run.info.status == "FINISHED" and client.get_experiment(run.info.experiment_id).name == "pretrain"
-    assert run.data.metrics["val_accuracy"] == pytest.approx(
-        json.loads((project / "models/pretrain/summary.json").read_text())["val_accuracy"]
-    )
-    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == list(range(PRETRAIN["epochs"]))
+    assert run.data.tags["pretrain.source"] == "houses_rooms" and run.data.tags["dvc.stage"] == "pretrain@houses_rooms"
+    assert run.data.metrics["val_accuracy"] == pytest.approx(json.loads((project / SUMMARY).read_text())["val_accuracy"])
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == list(range(ROOMS["epochs"]))
     assert run.data.metrics["seconds"] > 0 and run.data.metrics["decode_seconds"] > 0
-    assert run.data.params["epochs"] == str(PRETRAIN["epochs"])
+    assert run.data.params["epochs"] == str(ROOMS["epochs"])
 
 
 def test_split_by_house_holds_out_whole_houses_and_keeps_shared_photos_together() -> None:
@@ -233,6 +256,7 @@ def test_history_epochs_continue_across_the_two_phases(project: Path) -> None:
     assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == list(range(epochs))
     assert json.loads((project / "logs/train/finetune.json").read_text())["epochs"] == epochs
     assert client.get_run(run_id).data.params["transfer.backbone"] == "pretrain"
+    assert client.get_run(run_id).data.params["transfer.source"] == "houses_rooms"
 
 
 def test_knn_accuracy_on_deep_features_in_metrics_and_mlflow(project: Path) -> None:
@@ -261,7 +285,7 @@ def test_knn_accuracy_is_the_seed_knn_on_backbone_features() -> None:
 
 def test_imagenet_with_a_missing_weights_file_names_the_key(tmp_path: Path) -> None:
     for backbone in ("imagenet", "file"):
-        cfg = TransferConfig(backbone=backbone, application="MobileNetV2", weights=str(tmp_path / "no-such-weights.h5"))
+        cfg = choice(backbone, str(tmp_path / "no-such-weights.h5"))
         with pytest.raises(PipelineError, match=r"^transfer\.weights: .*no-such-weights\.h5 not found"):
             backbones.load_backbone(cfg, 32)
 
@@ -279,7 +303,7 @@ def test_imagenet_weights_that_cannot_be_had_fail_without_a_random_fallback(monk
     with pytest.raises(
         PipelineError, match=r"^transfer\.backbone: keras\.applications\.MobileNetV2 could not load the ImageNet weights"
     ) as error:
-        backbones.load_backbone(TransferConfig(backbone="imagenet", application="MobileNetV2", weights=None), 96)
+        backbones.load_backbone(choice("imagenet"), 96)
     assert calls and "transfer.weights" in str(error.value) and "pretrain" in str(error.value)
 
 
@@ -290,14 +314,14 @@ def test_a_weights_file_of_another_architecture_names_the_key(tmp_path: Path) ->
     with pytest.raises(
         PipelineError, match=r"^transfer\.weights: keras\.applications\.MobileNetV2 could not load the weights file"
     ):
-        backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 32)
+        backbones.load_backbone(choice("file", str(path)), 32)
 
 
 def test_file_backbone_loads_a_local_weights_file_into_the_application(tmp_path: Path) -> None:
     source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     path = tmp_path / "mobilenet_v2.weights.h5"
     source.save_weights(path)
-    backbone = backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 32)
+    backbone = backbones.load_backbone(choice("file", str(path)), 32)
     assert backbone.name == "backbone" and backbone.get_layer("preprocess").get_config()["scale"] == pytest.approx(1 / 127.5)
     for w0, w1 in zip(source.get_weights(), backbone.layers[-1].get_weights(), strict=True):  # the nested application
         np.testing.assert_array_equal(w0, w1)
@@ -312,17 +336,22 @@ def test_file_backbone_loads_a_local_weights_file_into_the_application(tmp_path:
 
 
 def test_file_backbone_takes_a_saved_keras_backbone(project: Path) -> None:
-    path = project / "models/pretrain/backbone.keras"
-    backbone = backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 96)
+    path = project / BACKBONE
+    backbone = backbones.load_backbone(choice("file", str(path)), 96)
     assert backbone.name == "backbone" and backbone.get_layer("block4_conv")
     with pytest.raises(PipelineError, match=r"^transfer\.weights: .* is not a backbone for 64 px"):
-        backbones.load_backbone(TransferConfig(backbone="file", application="MobileNetV2", weights=str(path)), 64)
+        backbones.load_backbone(choice("file", str(path)), 64)
 
 
 def test_pretrain_backbone_missing_or_of_another_size(project: Path, tmp_path: Path) -> None:
-    cfg = TransferConfig(backbone="pretrain", application="MobileNetV2", weights=None)
-    with pytest.raises(PipelineError, match=r"backbone\.keras: not found; run the pretrain stage first"):
+    cfg = choice("pretrain")
+    assert backbones.load_backbone(cfg, 96, folder=project / "models/pretrain").name == "backbone"  # <folder>/<source>/
+    with pytest.raises(
+        PipelineError, match=r"houses_rooms/backbone\.keras: not found; run the pretrain@houses_rooms stage first"
+    ):
         backbones.load_backbone(cfg, 96, folder=tmp_path)
+    with pytest.raises(PipelineError, match=r"pets_unlabeled/backbone\.keras: not found; run the pretrain@pets_unlabeled stage"):
+        backbones.load_backbone(choice("pretrain", source="pets_unlabeled"), 96, folder=project / "models/pretrain")
     with pytest.raises(
         PipelineError,
         match=r"^transfer\.backbone: .* pretrained on 96 px images, the model works at 64 px; set pretrain.image_size",
@@ -334,8 +363,13 @@ def test_pretrain_backbone_missing_or_of_another_size(project: Path, tmp_path: P
 
 
 def _params_with(section: str, **changes: object) -> dict:
+    """The repository's params with ``changes`` merged into ``section`` (dotted: ``pretrain.houses_rooms``)."""
     raw = yaml.safe_load(REPO_PARAMS.read_text())
-    raw[section] = {**raw[section], **changes}
+    *parents, last = section.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = {**node[last], **changes}
     return raw
 
 
@@ -347,8 +381,10 @@ def _params_with(section: str, **changes: object) -> dict:
         ("transfer", {"application": "ResNet9"}, "transfer.application: 'ResNet9' is not one of MobileNet, MobileNetV2"),
         ("transfer", {"weights": ""}, "transfer.weights: expected a non-empty string"),
         ("transfer", {"url": "x"}, "transfer.url: unknown key"),
-        ("pretrain", {"epochs": 0}, "pretrain.epochs: 0 is outside [1, 10000]"),
-        ("pretrain", {"val_fraction": 0.9}, "pretrain.val_fraction: 0.9 is outside"),
+        ("transfer", {"source": "rooms"}, "transfer.source: 'rooms' is not one of houses_rooms, pets_unlabeled"),
+        ("pretrain.houses_rooms", {"epochs": 0}, "pretrain.houses_rooms.epochs: 0 is outside [1, 10000]"),
+        ("pretrain.houses_rooms", {"val_fraction": 0.9}, "pretrain.houses_rooms.val_fraction: 0.9 is outside"),
+        ("pretrain.pets_unlabeled", {"epochs": 0}, "pretrain.pets_unlabeled.epochs: 0 is outside [1, 10000]"),
         ("pretrain", {"image_size": -1}, "pretrain.image_size: -1 is outside [0, 4096]"),
         ("pretrain", {"size": 64}, "pretrain.size: unknown key"),
     ],
@@ -372,7 +408,13 @@ def test_repository_params_have_the_transfer_variants_and_known_applications() -
         "transfer_features",
         "transfer_finetune",
     }
-    assert params.transfer.backbone == "pretrain"
+    assert params.transfer.backbone == "pretrain" and params.transfer.source in config.PRETRAIN_SOURCES
+    sources = {
+        n: v.transfer.source
+        for n, v in params.variants.items()
+        if v.model.startswith("transfer_") and v.model != "transfer_scratch"
+    }
+    assert set(sources.values()) == set(config.PRETRAIN_SOURCES)  # a frozen and a fine-tuned variant on each source
     assert set(backbones.PREPROCESSING) == set(config.APPLICATIONS)
     import keras
 
@@ -447,3 +489,16 @@ def test_knn_of_a_model_working_below_the_prepared_size_sees_resized_images() ->
     np.testing.assert_allclose(
         transfer.features(plain, seen), transfer.backbone_of(plain).predict(seen, verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_resize_images_resizes_as_the_models_resize_layer_does() -> None:
+    from pipeline.models.wrap import resize_images
+
+    spec = ModelSpec(image_size=32, input_size=48, backbone=transfer.conv_backbone(32, (120.0,) * 3, (3600.0,) * 3, width=0.25))
+    model = registry.build("transfer_features", spec)
+    images = np.random.default_rng(1).uniform(0, 255, (300, 48, 48, 3)).astype("uint8")  # two chunks of 256
+    got = resize_images(images, 32)
+    assert got.shape == (300, 32, 32, 3) and got.dtype == np.float32
+    expected = keras.ops.convert_to_numpy(model.get_layer("resize")(images.astype("float32")))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert resize_images(images[:0], 32).shape == (0, 32, 32, 3)

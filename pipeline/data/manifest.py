@@ -7,6 +7,7 @@ folder is ever changed: a rejected file is listed with its reason.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -19,6 +20,8 @@ from pipeline.config import HOUSE_ROOMS
 from pipeline.data.formats import HOUSES_INFO, PETS_ROOT, PHOTO_NAME, parse_house
 from pipeline.data.images import ImageLimits, inspect
 from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 _INLINE_BELOW = 256  # files; below this, worker start-up costs more than it saves
 
@@ -125,3 +128,36 @@ def room_photos(manifest: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"data/validated/houses/manifest.parquet: no accepted {', '.join(missing)} photos")
     return ok[["path", "house_id", "label", "sha256"]].reset_index(drop=True)
+
+
+def unlabeled_photos(manifest: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """The accepted pet photos in no split of the prepare stage's ``index``: path, sha256 (sorted by path).
+
+    Matched by content as well as by path, so a copy of a split photo under
+    another name stays out; the labels are not returned (self-supervision
+    never reads them).
+    """
+    ok = manifest[manifest.status == "accepted"]
+    free = ok[~ok.sha256.isin(index.sha256) & ~ok.path.isin(index.path)]
+    return free[["path", "sha256"]].sort_values("path").reset_index(drop=True)
+
+
+def held_out_photos(index: pd.DataFrame) -> set[str]:
+    """The source paths of the val and test examples of a prepare stage's ``index`` (pets ``path``, houses ``photos``)."""
+    held = index[index.split.isin(["val", "test"])]
+    column = held.path if "path" in held else held.photos.str.split(";").explode()
+    return set(column.dropna())
+
+
+def without_held_out(photos: pd.DataFrame, manifest: pd.DataFrame, index: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``photos`` (path, sha256) minus every one whose bytes equal a val or test photo of ``index``.
+
+    The leakage guard of pretraining: a backbone never sees a photo the
+    transfer models are validated or tested on. ``what`` names the photos in
+    the log line.
+    """
+    held = manifest.sha256[manifest.path.isin(held_out_photos(index))]
+    leaked = photos.sha256.isin(held)
+    if leaked.any():
+        log.info("%s: %d photos left out, identical to val or test photos", what, int(leaked.sum()))
+    return photos[~leaked].reset_index(drop=True)

@@ -27,7 +27,8 @@ def _targets(split: Split, n: int, label: str) -> tuple[int, int, int]:
             )
         return want
     train, val = round(split.train * n), round(split.val * n)
-    return train, val, n - train - val
+    whole = split.train + split.val + split.test >= 0.999  # else the rest is in no split
+    return train, val, (n - train - val) if whole else min(round(split.test * n), n - train - val)
 
 
 def split_classes(frame: pd.DataFrame, split: Split, seed: int) -> pd.Series:
@@ -127,5 +128,5 @@ def split_by_house(photos: pd.DataFrame, val_fraction: float, seed: int) -> np.n
         val.add(g)
         count += sizes[g]
     if len(val) == len(ids):
-        raise PipelineError(f"pretrain.val_fraction: {val_fraction} leaves no house to train on")
+        raise PipelineError(f"pretrain.houses_rooms.val_fraction: {val_fraction} leaves no house to train on")
     return groups.isin(val).to_numpy()

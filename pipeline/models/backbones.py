@@ -50,6 +50,7 @@ class BackboneChoice(Protocol):
     """What ``transfer`` says (:class:`pipeline.config.TransferConfig`; not imported: config takes the table from here)."""
 
     backbone: str  # pretrain | imagenet | file
+    source: str  # pretrain: models/pretrain/<source>
     application: str
     weights: str | None
 
@@ -59,15 +60,18 @@ def load_backbone(cfg: BackboneChoice, image_size: int, folder: Path = paths.PRE
     import keras
 
     if cfg.backbone == "pretrain":
-        path = folder / BACKBONE_FILE
+        path = folder / cfg.source / BACKBONE_FILE
         if not path.exists():
-            raise PipelineError(f"{path}: not found; run the pretrain stage first (transfer.backbone: pretrain)")
+            raise PipelineError(
+                f"{path}: not found; run the pretrain@{cfg.source} stage first"
+                f" (transfer.backbone: pretrain, source: {cfg.source})"
+            )
         backbone = keras.models.load_model(path, safe_mode=True)
         got = tuple(backbone.inputs[0].shape[1:3])
         if got != (image_size, image_size):
             raise PipelineError(
                 f"transfer.backbone: {path} was pretrained on {got[0]} px images, the model works at {image_size} px;"
-                " set pretrain.image_size to the variant's image_size and rerun the pretrain stage"
+                f" set pretrain.image_size to the variant's image_size and rerun the pretrain@{cfg.source} stage"
             )
         return backbone
     weights = cfg.weights

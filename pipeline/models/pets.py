@@ -410,6 +410,18 @@ def resnet_stem(x: keras.KerasTensor, filters: int, strides: int, kind: str) -> 
     return conv(x, filters, 3, batchnorm=True, name="stem3")
 
 
+def resnet_features(x: keras.KerasTensor, knobs: ResNetKnobs, width: float, plan_size: int) -> keras.KerasTensor:
+    """The ResNet from the normalized image to its global average; halvings planned for ``plan_size`` px images."""
+    s = stride_plan(plan_size, 1 + len(knobs.filters), min_size=knobs.min_map)
+    x = resnet_stem(x, units(knobs.filters[0], width), s[0], knobs.stem)
+    x = max_pool(x, s[1], name="stem_pool")
+    for st, (f, n) in enumerate(zip(knobs.filters, knobs.blocks, strict=True), start=1):
+        for b in range(1, n + 1):
+            strides = s[st] if st > 1 and b == 1 else 1
+            x = residual_block(x, units(f, width), strides, name=f"stage{st}_block{b}")
+    return keras.layers.GlobalAveragePooling2D(name="global_average")(x)
+
+
 @register("resnet", TASK)
 def resnet(spec: ModelSpec) -> keras.Model:
     """ResNet-18: stem, four stages of two basic residual blocks (64/128/256/512), global average, output.
@@ -423,15 +435,7 @@ def resnet(spec: ModelSpec) -> keras.Model:
     conv) or ``deep`` (three 3x3 convs, half, half and full width, the first one strided:
     ResNet-C of "Bag of Tricks", He et al. 2019).
     """
-    knobs = ResNetKnobs.model_validate(spec.extra)
-    s = stride_plan(spec.image_size, 1 + len(knobs.filters), min_size=knobs.min_map)
     image, x = image_input(spec)
-    x = resnet_stem(x, units(knobs.filters[0], spec.width), s[0], knobs.stem)
-    x = max_pool(x, s[1], name="stem_pool")
-    for st, (f, n) in enumerate(zip(knobs.filters, knobs.blocks, strict=True), start=1):
-        for b in range(1, n + 1):
-            strides = s[st] if st > 1 and b == 1 else 1
-            x = residual_block(x, units(f, spec.width), strides, name=f"stage{st}_block{b}")
-    x = keras.layers.GlobalAveragePooling2D(name="global_average")(x)
+    x = resnet_features(x, ResNetKnobs.model_validate(spec.extra), spec.width, spec.image_size)
     x = dropout(x, spec.dropout, name="dropout")
     return _model(image, binary_output(x), "resnet")

@@ -75,25 +75,51 @@ def conv_backbone(
     image_variance: tuple[float, ...],
     width: float = 1.0,
     filters: tuple[int, ...] = BACKBONE_FILTERS,
+    plan_size: int = 0,
 ) -> keras.Model:
     """The seed CNN's conv stack with BatchNormalization and global average pooling: image -> features.
 
     Blocks ``block1..blockN``: 3x3 conv -> BN -> relu, each but the last
     followed by a stride-2 max-pool; the first conv strides 2 as well (a
     full-resolution BatchNorm triples the CPU time). Small images skip the
-    earliest halvings so the last map stays >= 4 px. The last block is the
+    earliest halvings so the last map stays >= 4 px (planned for ``plan_size``
+    px, 0: ``image_size``: the same network for smaller training views). The last block is the
     *top block* that ``transfer_finetune`` unfreezes. The ``Normalization``
     takes the given statistics as constants (never ``adapt``).
     """
     image = keras.Input(shape=(image_size, image_size, CHANNELS), dtype="float32", name=IMAGE)
     x = keras.layers.Normalization(mean=list(image_mean), variance=list(image_variance), name="normalize")(image)
-    strides = stride_plan(image_size, len(filters), min_size=4)  # the stem conv, then each pool
+    strides = stride_plan(plan_size or image_size, len(filters), min_size=4)  # the stem conv, then each pool
     for b, f in enumerate(filters, start=1):
         x = conv(x, units(int(f), width), 3, strides=strides[0] if b == 1 else 1, batchnorm=True, name=f"block{b}")
         if b < len(filters):
             x = max_pool(x, strides[b], name=f"block{b}_pool")
     x = keras.layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(image, x, name=BACKBONE)
+
+
+def resnet_backbone(
+    image_size: int,
+    image_mean: tuple[float, ...],
+    image_variance: tuple[float, ...],
+    width: float = 1.0,
+    extra: Mapping[str, Any] | None = None,
+    plan_size: int = 0,
+) -> keras.Model:
+    """The ``resnet`` variant's network (its knobs ``extra``) up to its global average: image -> features.
+
+    Its top block is the last residual block; halvings as for :func:`conv_backbone`.
+    """
+    from pipeline.models.pets import resnet_features
+    from pipeline.models.pets_knobs import ResNetKnobs
+
+    image = keras.Input(shape=(image_size, image_size, CHANNELS), dtype="float32", name=IMAGE)
+    x = keras.layers.Normalization(mean=list(image_mean), variance=list(image_variance), name="normalize")(image)
+    x = resnet_features(x, ResNetKnobs.model_validate(dict(extra or {})), width, plan_size or image_size)
+    return keras.Model(image, x, name=BACKBONE)
+
+
+ENCODERS = {"conv": conv_backbone, "resnet": resnet_backbone}  # pretrain.pets_unlabeled.encoder
 
 
 def copy_backbone(backbone: keras.Model) -> keras.Model:

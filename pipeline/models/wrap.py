@@ -19,6 +19,7 @@ and a served model all see the same thing.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from pipeline.models.layers import CHANNELS, IMAGE
 from pipeline.models.registry import ModelSpec
@@ -64,3 +65,11 @@ def image_model(model: keras.Model, spec: ModelSpec) -> keras.Model:
     if spec.tta == "flip":
         y = PairMean(name="flip_mean")(y)
     return keras.Model({IMAGE: image}, y, name=model.name)
+
+
+def resize_images(pixels: np.ndarray, size: int, batch_size: int = 256) -> np.ndarray:
+    """``pixels`` ``[n, h, w, 3]`` at ``size`` px as a model's ``resize`` layer resizes them (float32)."""
+    layer = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)
+    batches = (pixels[i : i + batch_size].astype(np.float32) for i in range(0, len(pixels), batch_size))
+    parts = [keras.ops.convert_to_numpy(layer(batch)) for batch in batches]
+    return np.concatenate(parts) if parts else np.zeros((0, size, size, pixels.shape[-1]), np.float32)

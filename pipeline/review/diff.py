@@ -233,7 +233,7 @@ def resolve_variants(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _params_key(variant: str, key: str, raws: Iterable[Mapping[str, Any]]) -> str:
-    """The params.yaml key a resolved setting comes from: the shared ``train.<k>`` or ``variants.<variant>.<...>``.
+    """The params.yaml key a resolved setting comes from: shared ``train.<k>`` / ``transfer.<k>`` or ``variants.<variant>.<...>``.
 
     ``augment_policy.<k>`` comes from ``augment.policies.<the variant's policy>.<k>``.
     """
@@ -241,11 +241,12 @@ def _params_key(variant: str, key: str, raws: Iterable[Mapping[str, Any]]) -> st
         entries = [(raw.get("variants") or {}).get(variant) for raw in raws]
         names = [e["augment"] for e in entries if isinstance(e, Mapping) and isinstance(e.get("augment"), str)]
         return f"augment.policies.{names[-1] if names else '?'}.{key.split('.', 1)[1]}"
-    if key.startswith("train."):
-        first = key.split(".")[1]
+    section, _, rest = key.partition(".")
+    if section in config.Variant.FILLED and rest:  # train, transfer: shared unless the variant overrides the key
+        first = rest.split(".")[0]
         for raw in raws:
             entry = (raw.get("variants") or {}).get(variant)
-            if isinstance(entry, Mapping) and isinstance(entry.get("train"), Mapping) and first in entry["train"]:
+            if isinstance(entry, Mapping) and isinstance(entry.get(section), Mapping) and first in entry[section]:
                 return f"variants.{variant}.{key}"
         return key
     return f"variants.{variant}.{key}"

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.models import registry
 
     if registry.get(variant.model).needs_backbone:  # --- transfer learning
-        run_config["transfer"] = params.transfer.model_dump()
+        run_config["transfer"] = variant.transfer.model_dump()
     stage = f"train@{variant.name}"
     tags = {
         **tracking.git_tags(),
@@ -93,14 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         "dataset": variant.dataset,
         "data.profile": params.data.profile,
     }
-    inputs = [stats_path, prepared, *([paths.PRETRAIN] if "transfer" in run_config else [])]
+    inputs = [stats_path, prepared, *([paths.pretrain(variant.transfer.source)] if "transfer" in run_config else [])]
     key = checkpoint.run_key(run_config, inputs)
     with runs.resumable(paths.checkpoints(stage), key, variant.name, variant.dataset, tags, run_config) as (
         run_id,
         saved,
         resume,
     ):
-        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, params.transfer, saved, resume)
+        model, history, seconds, seen = fit(variant, meta, stats, prepared, policy, run_id, saved, resume)
         save_and_log(variant, run_id, run_config, meta, stats, stats_path, policy, prepared, (model, history, seconds, seen))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
-from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS, AugmentPolicy, PretrainConfig, TrainConfig, TransferConfig, Variant
+from pipeline.config import HOUSE_CONTINUOUS, HOUSE_ROOMS, AugmentPolicy, RoomsPretrain, TrainConfig, Variant
 from pipeline.data import shards
 from pipeline.errors import PipelineError
 from pipeline.models.registry import ModelSpec
@@ -27,8 +27,6 @@ from pipeline.training.checkpoint import State
 from pipeline.training.inputs import make_dataset, model_inputs, targets
 
 log = logging.getLogger(__name__)
-# fit without a transfer section: the pretrain stage's backbone
-DEFAULT_TRANSFER = TransferConfig(backbone="pretrain", application="MobileNetV2", weights=None)
 
 
 def model_spec(variant: Variant, meta: dict[str, Any], stats: dict[str, Any]) -> ModelSpec:
@@ -138,7 +136,6 @@ def fit(
     prepared: Path,
     policy: AugmentPolicy | None,
     run_id: str | None,
-    transfer: TransferConfig | None = None,
     checkpoints: Path | None = None,
     resume: State | None = None,
 ):  # noqa: ANN201
@@ -146,8 +143,7 @@ def fit(
 
     ``policy`` is the variant's augmentation policy (None: ``augment: none``),
     applied to the train split only.
-    ``transfer`` (params ``transfer``; default: the pretrain stage's backbone)
-    picks the backbone of the models that need one. ``checkpoints``: the
+    The variant's ``transfer`` picks the backbone of the models that need one. ``checkpoints``: the
     folder of a checkpoint after each epoch (None: none); ``resume``: the
     checkpoint to go on from (:func:`pipeline.training.checkpoint.load`).
     """
@@ -190,7 +186,7 @@ def fit(
     if entry.needs_backbone:  # --- transfer learning: the pretrained backbone goes into the spec
         from pipeline.models.backbones import load_backbone
 
-        spec = dataclasses.replace(spec, backbone=load_backbone(transfer or DEFAULT_TRANSFER, spec.image_size))
+        spec = dataclasses.replace(spec, backbone=load_backbone(variant.transfer, spec.image_size))
     try:
         model = registry.build(variant.model, spec)
     except ValueError as exc:  # a builder's check of its knobs against the model (image_size, tta)
@@ -298,7 +294,7 @@ def channel_stats(pixels: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def fit_backbone(
-    cfg: PretrainConfig,
+    cfg: RoomsPretrain,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     image_size: int,
     run_id: str | None,
