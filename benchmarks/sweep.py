@@ -104,7 +104,9 @@ class Sandbox:
                 dst.unlink()
         params = yaml.safe_load((self.work / "params.yaml").read_text())
         params["variants"] = {k: params["variants"][k] for k in self.variants}
-        params["pretrain"]["epochs"] = 2
+        for source in ("houses_rooms", "pets_unlabeled"):  # config.PRETRAIN_SOURCES
+            params["pretrain"][source]["epochs"] = 2
+        params["pretrain"]["pets_unlabeled"]["warmup"] = 1  # a warmup must leave epochs to train
         (self.work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         self.sh(self.tmp, "git", "init", "-q", "--bare", "--initial-branch=main", str(self.origin))
         self.sh(self.work, "git", "remote", "set-url", "origin", str(self.origin))
