@@ -83,7 +83,7 @@ def plot_images(variant: str) -> Path:
     return PLOTS / "images" / variant
 
 
-# --- transfer learning: the pretrain stage's backbone (backbone.keras, summary.json)
+# --- transfer learning: each pretrain@<source> stage's backbone (<source>/backbone.keras, summary.json)
 PRETRAIN = Path("models/pretrain")
 
 

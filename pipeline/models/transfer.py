@@ -2,8 +2,9 @@
 
 A *backbone* is a ``keras.Model`` named ``"backbone"`` from the ``"image"``
 input (raw 0-255 pixels, float32, ``[size, size, 3]``) to a pooled feature
-vector ``[batch, d]``. It carries its own preprocessing: the offline
-backbone of the ``pretrain`` stage (:func:`conv_backbone`) starts with a
+vector ``[batch, d]``. It carries its own preprocessing: an offline
+backbone of a ``pretrain@<source>`` stage (:func:`conv_backbone`,
+:func:`resnet_backbone`) starts with a
 ``Normalization`` holding the statistics of its pretraining photos, a
 ``keras.applications`` backbone with that application's input scaling (see
 :mod:`pipeline.stages.pretrain`). The pets statistics are not applied on top: a
@@ -38,8 +39,9 @@ gamma/beta fixed). The backbone is therefore called without a fixed
 unfrozen by ``all_batchnorm``, it normalizes with batch statistics and
 updates its moving ones. ``top`` and ``all`` keep it frozen (the Keras
 fine-tuning recipe for a backbone pretrained on much more data). A backbone
-pretrained on another domain with little data (the offline one: 1,820 house
-photos) carries statistics that do not fit the new photos.
+pretrained on another domain or task with little data (``houses_rooms``:
+about 1,500 house photos; ``pets_unlabeled``: SimCLR's augmented views) carries
+statistics that do not fit the new photos.
 
 Extra: ``dense_units`` (128) of the head's hidden layer (scaled by
 ``spec.width``); ``spec.dropout`` follows it. The knobs' schemas and

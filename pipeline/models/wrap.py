@@ -59,7 +59,7 @@ def image_model(model: keras.Model, spec: ModelSpec) -> keras.Model:
     image = keras.Input(shape=(size, size, CHANNELS), dtype="float32", name=IMAGE)
     x = FlipStack(name="flip_stack")(image) if spec.tta == "flip" else image
     if size != spec.image_size:
-        x = keras.layers.Resizing(spec.image_size, spec.image_size, interpolation="bilinear", antialias=True, name=RESIZE)(x)
+        x = _resizer(spec.image_size, name=RESIZE)(x)
     # the project's models take {"image": x}; a Sequential model takes the tensor itself
     y = model(x if isinstance(model, keras.Sequential) else {IMAGE: x})
     if spec.tta == "flip":
@@ -67,9 +67,13 @@ def image_model(model: keras.Model, spec: ModelSpec) -> keras.Model:
     return keras.Model({IMAGE: image}, y, name=model.name)
 
 
+def _resizer(size: int, name: str | None = None) -> keras.layers.Resizing:
+    return keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, name=name)
+
+
 def resize_images(pixels: np.ndarray, size: int, batch_size: int = 256) -> np.ndarray:
     """``pixels`` ``[n, h, w, 3]`` at ``size`` px as a model's ``resize`` layer resizes them (float32)."""
-    layer = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)
+    layer = _resizer(size)
     batches = (pixels[i : i + batch_size].astype(np.float32) for i in range(0, len(pixels), batch_size))
     parts = [keras.ops.convert_to_numpy(layer(batch)) for batch in batches]
     return np.concatenate(parts) if parts else np.zeros((0, size, size, pixels.shape[-1]), np.float32)

@@ -92,9 +92,7 @@ def rooms(
     from pipeline.training.loop import fit_backbone
 
     cfg = params.pretrain.houses_rooms
-    photos = room_photos(manifest)
-    photos = photos[photos.path.isin(without_held_out(photos, manifest, index, "houses_rooms").path)]
-    photos = photos.reset_index(drop=True)
+    photos = without_held_out(room_photos(manifest), manifest, index, "houses_rooms")
     is_val = split_by_house(photos, cfg.val_fraction, cfg.seed)
     pixels, decode_seconds = _decode(paths.raw("houses"), photos.path.tolist(), size)
     labels = photos.label.map(HOUSE_ROOMS.index).to_numpy(np.int64)
