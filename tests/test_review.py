@@ -214,6 +214,11 @@ def test_stale_stages_compare_dvc_lock_with_params() -> None:
     ]
     # DVC keeps a removed variant's entry in dvc.lock: that is not a stale output
     assert review.stale_stages({"train": {"epochs": 4}, "variants": {"b": {"model": "y"}}}, lock) == []
+    # nor the entry of a stage dvc.yaml no longer has (pretrain became pretrain@<source>)
+    renamed = {"stages": {**lock["stages"], "pretrain": {"params": {"params.yaml": {"pretrain": {"epochs": 12}}}}}}
+    assert review.stale_stages(params, renamed) == ["train@b", "pretrain"]
+    assert review.stale_stages(params, renamed, {"train": True, "download": True, "pretrain": True}) == ["train@b"]
+    assert review.stale_stages(params, renamed, {"train": True, "download": True}) == ["train@b"]
 
 
 def test_an_old_params_file_is_compared_as_written() -> None:

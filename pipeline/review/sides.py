@@ -129,14 +129,20 @@ def _unreadable(exc: Exception) -> str:
 # --------------------------------------------------------------------------- dvc.lock against params.yaml
 
 
-def stale_stages(params: Mapping[str, Any], lock: Mapping[str, Any]) -> list[str]:
+def stale_stages(params: Mapping[str, Any], lock: Mapping[str, Any], stages: Mapping[str, bool] | None = None) -> list[str]:
     """The stages of ``dvc.lock`` whose recorded params differ from ``params``: their outputs predate the params.
 
-    DVC keeps the entries of ``foreach`` items that no longer exist (a removed
-    variant's ``train@<name>``): an item whose params are gone is not stale.
+    DVC keeps the entries of stages that no longer exist: a removed variant's
+    ``train@<name>`` (an item whose params are gone) and, where ``stages``
+    (``dvc.yaml``'s stage names -> whether it is a ``foreach``) is given, a
+    stage removed from ``dvc.yaml`` or turned into a ``foreach`` (``pretrain``
+    -> ``pretrain@<source>``) or back. Neither is stale.
     """
     stale = []
     for stage, entry in ((lock or {}).get("stages") or {}).items():
+        name, at, _ = stage.partition("@")
+        if stages is not None and stages.get(name) is not bool(at):
+            continue
         recorded = ((entry or {}).get("params") or {}).get("params.yaml") or {}
         found = {dotted: _lookup(params, str(dotted)) for dotted in recorded}
         if "@" in stage and MISSING in found.values():
@@ -158,8 +164,13 @@ def _stale_notes(reader: Reader, params: Mapping[str, Any]) -> list[str]:
     lock = reader.read(Path("dvc.lock"))
     if lock is None:
         return []
+    spec = reader.read(Path("dvc.yaml"))
     try:
-        stale = stale_stages(params, yaml.safe_load(lock) or {})
+        stages = None  # no dvc.yaml: every entry of dvc.lock counts
+        if spec is not None:
+            defined = (yaml.safe_load(spec) or {}).get("stages") or {}
+            stages = {name: isinstance(d, Mapping) and "foreach" in d for name, d in defined.items()}
+        stale = stale_stages(params, yaml.safe_load(lock) or {}, stages)
     except yaml.YAMLError:
         return []
     if not stale:
