@@ -223,7 +223,7 @@ def _client(root: Path):  # noqa: ANN202
 def _pretraining_photos(root: Path) -> pd.DataFrame:
     manifest = pd.read_parquet(root / "data/validated/pets/manifest.parquet")
     index = pd.read_parquet(root / "data/prepared/pets/index.parquet")
-    return without_held_out(unlabeled_photos(manifest, index), manifest, index, "pets_unlabeled")
+    return unlabeled_photos(manifest, index)  # as the stage takes them
 
 
 def test_pets_unlabeled_writes_a_safe_backbone_and_its_summary(project: Path) -> None:
@@ -343,7 +343,7 @@ def test_real_pets_pretraining_set_shares_no_photo_with_any_split() -> None:
     ok["split"] = splits.split_classes(ok, split, params.prepare.seed)
     index = ok[ok.split != ""]
     assert index.split.value_counts().to_dict() == {"train": 2000, "val": 1000, "test": 1000}
-    photos = without_held_out(unlabeled_photos(manifest, index), manifest, index, "pets_unlabeled")
+    photos = unlabeled_photos(manifest, index)  # as the stage takes them
 
     for name in ("val", "test", "train"):
         part = index[index.split == name]

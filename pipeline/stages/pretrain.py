@@ -13,9 +13,10 @@ Sources (``python -m pipeline pretrain <source>``):
   their labels are never read. Its quality figures: a kNN and a linear probe
   on its features, fitted on the labeled train split and scored on val.
 
-Both leave out every photo whose bytes equal a val or test photo of their
-dataset's split (:func:`pipeline.data.manifest.without_held_out`): no backbone
-sees a photo the models are validated or tested on. Photos are decoded with
+Neither sees a photo the models are validated or tested on: ``pets_unlabeled``
+takes no photo of any split (by content too), ``houses_rooms`` leaves out every
+photo whose bytes equal a val or test house's
+(:func:`pipeline.data.manifest.without_held_out`). Photos are decoded with
 :func:`pipeline.data.images.load` at ``pretrain.image_size``, by default the
 pets image size (``prepare.pets.image_size``), so the backbone fits the pets
 models unchanged (transfer variants working at a smaller ``image_size`` need
@@ -129,7 +130,7 @@ def unlabeled(
     from pipeline.training import ssl
 
     cfg = params.pretrain.pets_unlabeled
-    photos = without_held_out(unlabeled_photos(manifest, index), manifest, index, "pets_unlabeled")
+    photos = unlabeled_photos(manifest, index)  # in no split: held-out photos included, by content
     if len(photos) < 2:
         raise PipelineError(
             f"pretrain.pets_unlabeled: {len(photos)} accepted pet photos are in no split; prepare.pets.split"

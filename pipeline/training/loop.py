@@ -80,20 +80,28 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
     import keras
 
     schedules = keras.optimizers.schedules
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup * steps_per_epoch
-    if warmup:  # a linear ramp from 0, then the cosine (alpha 1 holds a constant rate instead); config allows only these two
+    if cfg.warmup:  # the cosine after the ramp (alpha 1 holds a constant rate instead); config allows only these two
         alpha = 1.0 if cfg.schedule == "constant" else 0.0
-        return schedules.CosineDecay(
-            0.0, decay_steps=max(total - warmup, 1), alpha=alpha, warmup_target=cfg.learning_rate, warmup_steps=warmup
-        )
+        return warmup_cosine(cfg.learning_rate, cfg.epochs, cfg.warmup, steps_per_epoch, alpha)
     if cfg.schedule == "inverse_time":  # the seed's Adam(lr, decay)
         return schedules.InverseTimeDecay(cfg.learning_rate, decay_steps=1, decay_rate=cfg.decay)
     if cfg.schedule == "step":
         return schedules.ExponentialDecay(cfg.learning_rate, steps_per_epoch, cfg.decay or 0.5, staircase=True)
     if cfg.schedule == "cosine":
-        return schedules.CosineDecay(cfg.learning_rate, decay_steps=max(total, 1))
+        return warmup_cosine(cfg.learning_rate, cfg.epochs, 0, steps_per_epoch)
     return cfg.learning_rate
+
+
+def warmup_cosine(peak: float, epochs: int, warmup: int, steps_per_epoch: int, alpha: float = 0.0):  # noqa: ANN201
+    """A linear ramp from 0 to ``peak`` over ``warmup`` epochs, then cosine decay to ``alpha * peak`` at ``epochs``."""
+    import keras
+
+    total, ramp = epochs * steps_per_epoch, warmup * steps_per_epoch
+    if not ramp:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=max(total, 1), alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(total - ramp, 1), alpha=alpha, warmup_target=peak, warmup_steps=ramp
+    )
 
 
 def optimizer(cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201

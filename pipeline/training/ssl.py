@@ -36,7 +36,7 @@ import numpy as np
 from pipeline.config import UnlabeledPretrain
 from pipeline.training.checkpoint import State
 from pipeline.training.inputs import epoch_batches
-from pipeline.training.loop import Phase, channel_stats
+from pipeline.training.loop import Phase, channel_stats, warmup_cosine
 
 if TYPE_CHECKING:  # keep TensorFlow out of this module's import
     import tensorflow as tf
@@ -196,11 +196,7 @@ def fit_simclr(
     model = simclr_model(encoder, cfg.projection_dim)
     batch_size = min(cfg.batch_size, len(pixels))
     steps = -(-len(pixels) // batch_size)
-    decay = (cfg.epochs - cfg.warmup) * steps
-    if cfg.warmup:
-        lr = keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=cfg.learning_rate, warmup_steps=cfg.warmup * steps)
-    else:
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay)
+    lr = warmup_cosine(cfg.learning_rate, cfg.epochs, cfg.warmup, steps)
     model.compile(keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay), nt_xent(cfg.temperature))
     pairs = view_pairs(train_size, cfg.min_scale, cfg.jitter)
     unlabeled = np.zeros(len(pixels), np.float32)  # Keras wants targets; the loss ignores them
