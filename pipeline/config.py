@@ -272,6 +272,9 @@ class PetsPrepare(Section):
 
 
 class HousesPrepare(Section):
+    # the houses split's own seed (null: prepare.seed): make results varies it alone, so the
+    # pets split, and the backbone pretrained on the photos it leaves out, stay put
+    seed: integer(0, 2**32 - 1) | None = None
     photo_size: integer(8, 512)
     min_houses_per_zip: integer(1)
     group_duplicates: StrictBool
@@ -283,6 +286,11 @@ class PrepareConfig(Section):
     shard_size: integer(1)
     pets: PetsPrepare
     houses: HousesPrepare
+
+    def split_seed(self, dataset: str) -> int:
+        """The seed of ``dataset``'s split: ``prepare.houses.seed`` where set, else ``prepare.seed``."""
+        own = self.houses.seed if dataset == "houses" else None
+        return self.seed if own is None else own
 
 
 # --------------------------------------------------------------------------- augment

@@ -315,6 +315,21 @@ def test_main_is_reproducible_and_the_seed_matters(tmp_path: Path, built: Path) 
     assert changed > len(split_before) // 10
 
 
+def test_main_houses_seed_moves_the_houses_split_alone(tmp_path: Path, built: Path, params: config.Params) -> None:
+    copy_project(built, tmp_path, "data/raw/houses", "data/validated/houses")
+    with chdir(tmp_path):
+        edit_params(tmp_path, "prepare.houses.seed", 7)
+        assert config.load().prepare.split_seed("pets") == params.prepare.seed
+        prepare.main(["houses"])
+    index, meta = outputs(tmp_path, "houses")
+    assert meta["seed"] == 7
+    table = pd.read_parquet(built / "data/validated/houses/houses.parquet")
+    kept = table[table.house_id.isin(index.house_id)]
+    _, seed_test = train_test_split(kept, test_size=params.prepare.houses.split.test, random_state=7)
+    assert set(index[index.split == "test"].house_id) == set(seed_test.house_id)
+    assert set(index[index.split == "test"].house_id) != set(outputs(built, "houses")[0].query("split == 'test'").house_id)
+
+
 def test_main_before_validate(project: Path) -> None:
     with pytest.raises(PipelineError, match=r"data/validated/houses/manifest.parquet: not found; run the validate stage first"):
         prepare.main(["houses"])

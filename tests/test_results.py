@@ -79,7 +79,9 @@ def test_merge_is_deep_and_leaves_its_inputs_alone() -> None:
 
 def test_run_params_sets_mirror_seed_and_only_the_chosen_variants() -> None:
     out = results.run_params(BASE, "http://127.0.0.1:8765", 3, ["mlp"])
-    assert out["data"]["mirror"] == "http://127.0.0.1:8765" and out["prepare"]["seed"] == 3 and list(out["variants"]) == ["mlp"]
+    assert out["data"]["mirror"] == "http://127.0.0.1:8765" and list(out["variants"]) == ["mlp"]
+    # only the houses split moves: the pets split (and what pretrain.pets_unlabeled trains on) stays put
+    assert out["prepare"]["houses"]["seed"] == 3 and out["prepare"]["seed"] == 0
 
 
 def test_select_names_an_unknown_variant_and_the_choices() -> None:

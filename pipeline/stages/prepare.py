@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     if not (validated / "manifest.parquet").exists():
         raise PipelineError(f"{validated}/manifest.parquet: not found; run the validate stage first")
     manifest = pd.read_parquet(validated / "manifest.parquet")
-    raw = paths.raw(dataset)
+    raw, seed = paths.raw(dataset), cfg.split_seed(dataset)
     if dataset == "pets":
-        index, arrays, meta = prepare_pets(raw, manifest, cfg.pets, cfg.seed)
+        index, arrays, meta = prepare_pets(raw, manifest, cfg.pets, seed)
     else:
         table = pd.read_parquet(validated / "houses.parquet")
-        index, arrays, meta = prepare_houses(raw, manifest, table, cfg.houses, cfg.seed)
-    meta.update(dataset=dataset, seed=cfg.seed, counts={s: int((index.split == s).sum()) for s in SPLITS})
+        index, arrays, meta = prepare_houses(raw, manifest, table, cfg.houses, seed)
+    meta.update(dataset=dataset, seed=seed, counts={s: int((index.split == s).sum()) for s in SPLITS})
     with files.atomic_dir(paths.prepared(dataset)) as out:
         index = write_shards(out, index, arrays, cfg.shard_size)
         index.to_parquet(out / "index.parquet", index=False)
