@@ -23,11 +23,12 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -46,6 +47,9 @@ RESULTS_MD = REPO / "reports" / "results.md"
 RESULTS_DOC = REPO / "docs" / "results.md"
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 PLAN_KEYS = ("mirror", "port", "houses_split_seeds", "params")
+# dvc repro's console: a stage starts at "Running stage 'x':" and has run once DVC updates the lock file
+STAGE_START = re.compile(r"^Running stage '([^']+)':")
+STAGE_END = "Updating lock file"
 
 log = logging.getLogger("results")
 
@@ -146,21 +150,47 @@ def prepare_workspace(root: Path) -> None:
             subprocess.run(cmd, cwd=root, check=True)
 
 
-def repro(root: Path, params: Mapping[str, Any], logfile: Path) -> float:
-    """Write ``params.yaml`` and run ``dvc repro`` in ``root``; return seconds. Output goes to the console and ``logfile``."""
+def stage_seconds(lines: Iterable[tuple[float, str]]) -> dict[str, float]:
+    """Wall seconds of each stage that ran, from dvc repro's console lines and the time each arrived.
+
+    A stage that DVC skipped or restored from its run cache is absent; one that failed counts up
+    to the last line.
+    """
+    out: dict[str, float] = {}
+    current, since, now = None, 0.0, 0.0
+    for now, line in lines:
+        if current and (line.startswith(STAGE_END) or STAGE_START.match(line)):
+            out[current] = round(now - since, 1)
+            current = None
+        if started := STAGE_START.match(line):
+            current, since = started.group(1), now
+    if current:
+        out[current] = round(now - since, 1)
+    return out
+
+
+def repro(root: Path, params: Mapping[str, Any], logfile: Path) -> tuple[float, dict[str, float]]:
+    """Write ``params.yaml`` and run ``dvc repro`` in ``root``; return its seconds and each stage's (:func:`stage_seconds`).
+
+    Output goes to the console and ``logfile``.
+    """
     (root / "params.yaml").write_text(yaml.safe_dump(dict(params), sort_keys=False))
     logfile.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
+    timed = []
     with logfile.open("w") as out:
         proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)
             out.write(line)
+            if STAGE_START.match(line) or line.startswith(STAGE_END):
+                timed.append((time.perf_counter(), line))
+        timed.append((time.perf_counter(), ""))  # the end: a stage that failed counts up to here
         if proc.wait():
             raise ResultsError(f"dvc repro failed in {root} (exit {proc.returncode}); its output is in {logfile}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, stage_seconds(timed)
 
 
 # --------------------------------------------------------------------------- figures
@@ -264,7 +294,26 @@ def table(results: Mapping[str, Any]) -> str:
             f"| `{name}` | {seed['mape_mean']:.1f} % ± {seed['mape_std']:.1f} | {r['mape_mean_over_splits']:.1f} % |"
             f" {', '.join(str(s['seed']) for s in r['splits'])} |"
         )
+    last = (results.get("runs") or [{}])[-1]
+    if last.get("stage_seconds"):
+        lines += ["", stage_table(last)]
     return "\n".join(lines) + "\n"
+
+
+def stage_table(run: Mapping[str, Any]) -> str:
+    """Each stage's wall seconds in one ``make results`` run, summed over its ``dvc repro`` calls (markdown)."""
+    total: dict[str, float] = {}
+    times: dict[str, int] = {}
+    for stages in run["stage_seconds"].values():
+        for stage, seconds in stages.items():
+            total[stage] = total.get(stage, 0.0) + seconds
+            times[stage] = times.get(stage, 0) + 1
+    lines = [
+        f"| stage (`make results`, variants: {run['variants']}, {run['seconds'] / 60:.1f} min in all) | runs | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{stage}` | {times[stage]} | {total[stage]:.0f} |" for stage in total]
+    return "\n".join(lines)
 
 
 def update_doc(doc: Path, text: str) -> None:
@@ -296,17 +345,17 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
     try:
         prepare_workspace(root)
         by_seed: dict[str, dict[int, dict[str, Any]]] = {n: {} for n in houses}
-        seconds: dict[str, float] = {}
+        repros: dict[str, tuple[float, dict[str, float]]] = {}
         # the extra houses splits first, so the workspace ends on the seed split
         for seed in plan.split_seeds[1:] if houses else ():
             log.info("houses split seed %d: %s", seed, ", ".join(houses))
-            seconds[f"houses_seed_{seed}"] = repro(
+            repros[f"houses_seed_{seed}"] = repro(
                 root, run_params(params, url, seed, houses), REPO / "results" / "logs" / f"houses-seed-{seed}.log"
             )
             for n in houses:
                 by_seed[n][seed] = houses_figures(root, n)
         seed = plan.split_seeds[0]
-        seconds["seed_protocol"] = repro(
+        repros["seed_protocol"] = repro(
             root, run_params(params, url, seed, names), REPO / "results" / "logs" / "seed-protocol.log"
         )
         for n in houses:
@@ -318,7 +367,8 @@ def run(plan: Plan, base: Mapping[str, Any], wanted: str | None, root: Path) -> 
         "pets": {n: {**pets_figures(root, n), **({"source": used[n]} if n in used else {})} for n in pets},
         "pretrain": {source: pretrain_figures(root, source) for source in sorted(set(used.values()))},
         "houses": {n: houses_entry(by_seed[n], plan.split_seeds) for n in houses},
-        "seconds": seconds,
+        "seconds": {label: seconds for label, (seconds, _) in repros.items()},
+        "stage_seconds": {label: stages for label, (_, stages) in repros.items()},
     }
 
 
@@ -351,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 "variants": args.variants or "all",
                 "seconds": round(total, 1),
                 "repro_seconds": {k: round(v, 1) for k, v in new["seconds"].items()},
+                "stage_seconds": new["stage_seconds"],
                 "machine": data_stages.machine(),
                 "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

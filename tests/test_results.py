@@ -178,3 +178,30 @@ def test_sources_name_the_pretrain_source_of_each_variant_starting_from_one() ->
     assert results.sources(params, names) == {"transfer_features": "pets_unlabeled", "transfer_finetune_rooms": "houses_rooms"}
     params["transfer"]["backbone"] = "imagenet"  # no pretrain source then
     assert results.sources(params, names) == {}
+
+
+def test_stage_seconds_time_each_stage_that_ran_from_dvcs_console() -> None:
+    lines = [
+        (0.0, "Stage 'download@pets' didn't change, skipping\n"),
+        (1.0, "Running stage 'prepare@houses':\n"),
+        (4.5, "Updating lock file 'dvc.lock'\n"),
+        (5.0, "Stage 'pretrain@pets_unlabeled' is cached - skipping run, checking out outputs\n"),
+        (6.0, "Running stage 'train@mlp':\n"),
+        (9.0, "Running stage 'evaluate':\n"),  # train@mlp's lock line missing: the next stage ends it
+        (9.5, "Updating lock file 'dvc.lock'\n"),
+        (10.0, "Running stage 'report':\n"),
+        (12.0, ""),  # the end of the output: report failed
+    ]
+    assert results.stage_seconds(lines) == {"prepare@houses": 3.5, "train@mlp": 3.0, "evaluate": 0.5, "report": 2.0}
+
+
+def test_the_table_ends_with_the_last_runs_stage_times() -> None:
+    run = {
+        "variants": "all",
+        "seconds": 600.0,
+        "stage_seconds": {"houses_seed_1": {"prepare@houses": 3.0, "train@mlp": 10.0}, "seed_protocol": {"prepare@houses": 4.0}},
+    }
+    text = results.table({"runs": [{"variants": "old", "seconds": 1.0, "stage_seconds": {"x": {"old": 1.0}}}, run]})
+    assert "variants: all, 10.0 min in all" in text and "`old`" not in text
+    assert text.index("| `prepare@houses` | 2 | 7 |") < text.index("| `train@mlp` | 1 | 10 |")
+    assert "| stage" not in results.table({"runs": [{"variants": "all", "seconds": 1.0}]})  # runs before stage times
