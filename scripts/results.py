@@ -102,7 +102,7 @@ def run_params(params: Mapping[str, Any], mirror_url: str, seed: int, variants: 
     """The workspace's ``params.yaml`` for one run: the mirror URL, the houses split's ``seed`` and only ``variants``.
 
     Only ``prepare.houses.seed`` varies: the pets split, and the pets_unlabeled backbone pretrained on
-    the photos it leaves out (about 19 minutes), stay the protocol's in every run.
+    the photos it leaves out (15 minutes on 2 cores), stay the protocol's in every run.
     """
     out = merge(params, {"data": {"mirror": mirror_url}, "prepare": {"houses": {"seed": seed}}})
     out["variants"] = {name: out["variants"][name] for name in variants}
