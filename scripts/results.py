@@ -302,17 +302,15 @@ def table(results: Mapping[str, Any]) -> str:
 
 def stage_table(run: Mapping[str, Any]) -> str:
     """Each stage's wall seconds in one ``make results`` run, summed over its ``dvc repro`` calls (markdown)."""
-    total: dict[str, float] = {}
-    times: dict[str, int] = {}
+    runs: dict[str, list[float]] = {}
     for stages in run["stage_seconds"].values():
         for stage, seconds in stages.items():
-            total[stage] = total.get(stage, 0.0) + seconds
-            times[stage] = times.get(stage, 0) + 1
+            runs.setdefault(stage, []).append(seconds)
     lines = [
         f"| stage (`make results`, variants: {run['variants']}, {run['seconds'] / 60:.1f} min in all) | runs | seconds |",
         "|---|---|---|",
     ]
-    lines += [f"| `{stage}` | {times[stage]} | {total[stage]:.0f} |" for stage in total]
+    lines += [f"| `{stage}` | {len(times)} | {sum(times):.0f} |" for stage, times in runs.items()]
     return "\n".join(lines)
 
 
