@@ -469,7 +469,11 @@ class UnlabeledPretrain(Section):
     extra: dict[str, Any] = Field(default_factory=dict)  # the resnet encoder's knobs (filters, blocks, stem, min_map)
     train_size: integer(0, 4096)  # the views' size; 0 = pretrain.image_size (smaller is faster; the backbone keeps its size)
     temperature: number(0.001, 10)
+    loss: Literal["nt_xent", "dcl"]  # SimCLR's NT-Xent, or decoupled (DCL: the positive out of the denominator)
     min_scale: number(0.01, 1)  # the smallest crop, as a fraction of the photo's area
+    small_crops: integer(0, 64)  # multi-crop: small views per photo besides the two, each paired with both
+    small_size: integer(1, 4096)  # their size in px
+    small_min_scale: number(0.001, 1)  # their crops cover small_min_scale..min_scale of the photo's area
     jitter: number(0, 1)  # colour jitter strength (SimCLR's s)
     projection_dim: integer(1, 4096)
     knn: integer(1, 1000)  # k of the kNN probe
@@ -481,6 +485,14 @@ class UnlabeledPretrain(Section):
         if epochs is not None and warmup >= epochs:
             raise ValueError(f"{warmup} epochs of warmup leave none of the {epochs} epochs")
         return warmup
+
+    @field_validator("small_min_scale")
+    @classmethod
+    def _below_min_scale(cls, small_min_scale: float, info: ValidationInfo) -> float:
+        min_scale = info.data.get("min_scale")
+        if min_scale is not None and small_min_scale >= min_scale:
+            raise ValueError(f"{small_min_scale} leaves the small crops no area below min_scale {min_scale}")
+        return small_min_scale
 
     @field_validator("extra")
     @classmethod

@@ -318,6 +318,12 @@ def test_loading_params_imports_neither_tensorflow_nor_keras() -> None:
         ("pretrain.pets_unlabeled.temperature", 0, "pretrain.pets_unlabeled.temperature: 0 is outside"),
         ("pretrain.pets_unlabeled.min_scale", 1.5, "pretrain.pets_unlabeled.min_scale: 1.5 is outside"),
         ("pretrain.pets_unlabeled.knn", 0, "pretrain.pets_unlabeled.knn: 0 is outside [1, 1000]"),
+        ("pretrain.pets_unlabeled.loss", "infonce", "pretrain.pets_unlabeled.loss: 'infonce' is not one of nt_xent, dcl"),
+        (
+            "pretrain.pets_unlabeled.small_min_scale",
+            0.2,
+            "pretrain.pets_unlabeled.small_min_scale: 0.2 leaves the small crops no area below min_scale 0.2",
+        ),
         ("pretrain.pets_unlabeled.projection", 64, "pretrain.pets_unlabeled.projection: unknown key"),
         ("pretrain.pets_unlabeled.seed", _DELETE, "pretrain.pets_unlabeled.seed: missing key"),
         ("pretrain.houses_rooms.val_fraction", 0.9, "pretrain.houses_rooms.val_fraction: 0.9 is outside"),

@@ -58,11 +58,34 @@ def test_view_pairs_give_two_different_views_of_each_image_and_keep_the_targets(
     assert targets is y
 
 
+def test_view_pairs_add_small_crops_from_the_smaller_areas() -> None:
+    pair = ssl.view_pairs(16, 0.5, 0.5, small=(2, 8, 0.05))
+    (views, _) = pair(tf.constant([3, 4], tf.int64), ({"image": tf.constant(photos(3, 32))}, tf.zeros(3)))
+    assert list(views) == ["view1", "view2", "small1", "small2"] == list(ssl.view_names(2))
+    assert tuple(views["small1"].shape) == (3, 8, 8, 3) and tuple(views["view1"].shape) == (3, 16, 16, 3)
+    assert np.abs(views["small1"].numpy() - views["small2"].numpy()).mean() > 1.0  # each crop its own draw
+
+
+def test_views_crop_between_min_scale_and_max_scale_of_the_area() -> None:
+    images = np.zeros((64, 32, 32, 3), np.float32)
+    images[:, 8:24, 8:24] = 255.0  # a bright centre, a quarter of the area: every crop of half the area or more meets it
+
+    def uniform_crops(min_scale: float, max_scale: float) -> float:
+        x = ssl.views(tf.constant(images), tf.constant([5, 6], tf.int64), 8, min_scale, 0.0, grey=0.0, max_scale=max_scale)
+        return float(np.mean(x.numpy().std(axis=(1, 2, 3)) < 1.0))
+
+    assert uniform_crops(0.5, 1.0) == 0.0
+    assert uniform_crops(0.005, 0.02) > 0.5  # tiny crops: mostly all bright or all dark
+
+
 # --- NT-Xent ----------------------------------------------------------------------------------------
 
 
-def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, temperature: float) -> np.ndarray:
-    """NT-Xent written out: each of the 2B projections picks its partner among the 2B - 1 others; mean of a pair's two."""
+def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, temperature: float, decoupled: bool = False) -> np.ndarray:
+    """NT-Xent written out: each of the 2B projections picks its partner among the 2B - 1 others; mean of a pair's two.
+
+    ``decoupled`` (DCL): the partner is left out of the denominator.
+    """
     z = np.concatenate([z1, z2]).astype(np.float64)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     n = len(z1)
@@ -70,7 +93,7 @@ def nt_xent_reference(z1: np.ndarray, z2: np.ndarray, temperature: float) -> np.
     losses = []
     for i in range(2 * n):
         partner = (i + n) % (2 * n)
-        others = [j for j in range(2 * n) if j != i]
+        others = [j for j in range(2 * n) if j != i and not (decoupled and j == partner)]
         losses.append(-sim[i, partner] + np.log(np.sum(np.exp(sim[i, others]))))
     losses = np.array(losses)
     return (losses[:n] + losses[n:]) / 2
@@ -90,6 +113,24 @@ def test_nt_xent_equals_the_reference_and_is_lower_for_aligned_pairs() -> None:
     assert sharper.mean() < aligned.mean()  # a lower temperature sharpens the softmax around the aligned partner
 
 
+def test_decoupled_nt_xent_leaves_the_partner_out_of_the_denominator() -> None:
+    rng = np.random.default_rng(1)
+    z1, z2 = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    y_pred = tf.constant(np.concatenate([z1, z2], axis=1), tf.float32)
+    got = ssl.nt_xent(0.2, decoupled=True)(None, y_pred).numpy()
+    np.testing.assert_allclose(got, nt_xent_reference(z1, z2, 0.2, decoupled=True), rtol=1e-4, atol=1e-5)
+    assert np.all(got < ssl.nt_xent(0.2)(None, y_pred).numpy())  # a smaller denominator: a lower loss for every photo
+
+
+def test_multi_crop_nt_xent_pairs_each_small_view_with_both_views() -> None:
+    rng = np.random.default_rng(2)
+    z = [rng.normal(size=(4, 3)) for _ in range(4)]  # view1, view2, small1, small2
+    got = ssl.nt_xent(0.5, views=4)(None, tf.constant(np.concatenate(z, axis=1), tf.float32)).numpy()
+    pairs = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]  # never small with small
+    expected = np.mean([nt_xent_reference(z[a], z[b], 0.5) for a, b in pairs], axis=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 # --- the two-view model -------------------------------------------------------------------------------
 
 
@@ -102,6 +143,18 @@ def test_simclr_model_shares_one_backbone_and_outputs_both_projections() -> None
     out = keras.ops.convert_to_numpy(out)
     np.testing.assert_allclose(out[:, :8], out[::-1, 8:], rtol=1e-5, atol=1e-5)  # one backbone, one head for both views
     assert sum(layer is backbone for layer in model.layers) == 1
+    assert len(model.weights) == len(backbone.weights) + len(model.get_layer("projection").weights)
+
+
+def test_simclr_model_takes_small_crops_through_the_same_backbone() -> None:
+    backbone = transfer.conv_backbone(None, (120.0,) * 3, (3600.0,) * 3, width=0.25, plan_size=16)
+    model = ssl.simclr_model(backbone, 8, size=16, small=(2, 8))
+    shapes = {name: tuple(x.shape) for name, x in model.input.items()}
+    assert shapes == {"view1": (None, 16, 16, 3), "view2": (None, 16, 16, 3)} | {f"small{i}": (None, 8, 8, 3) for i in (1, 2)}
+    x, small = photos(3, 16), photos(3, 8)
+    out = keras.ops.convert_to_numpy(model({"view1": x, "view2": x, "small1": small, "small2": small}, training=False))
+    assert out.shape == (3, 32)  # [B, 4 * projection_dim]
+    np.testing.assert_allclose(out[:, 16:24], out[:, 24:], rtol=1e-5, atol=1e-5)
     assert len(model.weights) == len(backbone.weights) + len(model.get_layer("projection").weights)
 
 
@@ -146,8 +199,8 @@ def test_fit_simclr_returns_the_trained_encoder_as_a_backbone_at_the_image_size(
     pixels = photos(16, 32, seed=1)
     built = []
 
-    def capture(backbone: keras.Model, projection_dim: int) -> keras.Model:
-        built.append(ssl_simclr_model(backbone, projection_dim))
+    def capture(backbone: keras.Model, projection_dim: int, *sizes: object) -> keras.Model:
+        built.append(ssl_simclr_model(backbone, projection_dim, *sizes))
         return built[-1]
 
     ssl_simclr_model = ssl.simclr_model
@@ -176,6 +229,15 @@ def test_fit_simclr_returns_the_trained_encoder_as_a_backbone_at_the_image_size(
     np.testing.assert_allclose(np.ravel(backbone.get_layer("normalize").get_config()["mean"]), mean, rtol=1e-5)
     features = backbone.predict(pixels[:2], verbose=0)
     assert features.shape == (2, backbone.outputs[0].shape[-1]) and np.isfinite(features).all()
+
+
+def test_fit_simclr_with_small_crops_returns_the_backbone_at_the_image_size() -> None:
+    cfg = unlabeled_cfg(
+        epochs=1, warmup=0, batch_size=8, width=0.25, train_size=16, projection_dim=8, loss="dcl", small_crops=2, small_size=8
+    )
+    backbone, history, _ = ssl.fit_simclr(cfg, photos(16, 32, seed=3), 32, None)
+    assert tuple(backbone.inputs[0].shape) == (None, 32, 32, 3)
+    assert len(history["loss"]) == 1 and np.isfinite(history["loss"]).all()
 
 
 def test_fit_simclr_is_reproducible() -> None:

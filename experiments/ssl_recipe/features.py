@@ -15,31 +15,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from pipeline.data import shards
 from pipeline.models import transfer
+from pipeline.training.ssl import feature_probes
 
 WS = Path("results/workspace")
 RESNET = {"min_map": 3, "blocks": [1, 1, 1, 1], "stem": "deep"}  # the resnet variant in results.yaml
 STAGES = ("stage3_block1_out", "stage4_block1_out")
 
 
-def l2(f: np.ndarray) -> np.ndarray:
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-
 def score(name: str, train: np.ndarray, val: np.ndarray, y_train: np.ndarray, y_val: np.ndarray) -> None:
-    knn = KNeighborsClassifier(20, metric="cosine").fit(l2(train), y_train)
-    linear = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000)).fit(l2(train), y_train)
-    print(
-        f"{name:28s} dims {train.shape[1]:5d}  kNN {np.mean(knn.predict(l2(val)) == y_val):.3f}"
-        f"  linear {np.mean(linear.predict(l2(val)) == y_val):.3f}",
-        flush=True,
-    )
+    p = feature_probes((train, y_train), (val, y_val), 20)
+    knn, linear = p["knn_accuracy"], p["linear_probe_accuracy"]
+    print(f"{name:28s} dims {train.shape[1]:5d}  kNN {knn:.3f}  linear {linear:.3f}", flush=True)
 
 
 def at_size(backbone: keras.Model, size: int) -> keras.Model:

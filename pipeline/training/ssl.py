@@ -18,6 +18,12 @@ the standard ``fit`` (with the project's checkpoints and epoch logging) trains
 it. The projection head is dropped after pretraining, as in the paper: the
 backbone's pooled features transfer better than the projections.
 
+Two published variants are knobs of ``pretrain.pets_unlabeled`` (measured in
+``experiments/ssl_recipe/``, neither better at equal CPU time there): ``loss:
+dcl``, the decoupled contrastive loss (Yeh et al. 2022), and multi-crop
+(Caron et al. 2020): ``small_crops`` more views of ``small_size`` px from
+smaller crops, each contrasted with both views.
+
 :func:`probe` measures what the backbone learnt on labeled photos it never
 trained on: the accuracy of a k-nearest-neighbour classifier (cosine, on
 L2-normalised features) and of a logistic-regression linear probe, fitted on
@@ -44,8 +50,12 @@ if TYPE_CHECKING:  # keep TensorFlow out of this module's import
 VIEWS = ("view1", "view2")
 
 
-def views(images: tf.Tensor, seed: tf.Tensor, size: int, min_scale: float, jitter: float, grey: float = 0.2) -> tf.Tensor:
+def views(
+    images: tf.Tensor, seed: tf.Tensor, size: int, min_scale: float, jitter: float, grey: float = 0.2, max_scale: float = 1.0
+) -> tf.Tensor:
     """One random SimCLR view of each of ``images`` (``[B, H, W, 3]`` float 0-255) at ``size`` px, float 0-255.
+
+    The crop covers ``min_scale``..``max_scale`` of the photo's area.
 
     ``seed`` is a ``[2]`` int tensor: the same seed gives the same views, eagerly or inside ``tf.data``.
     """
@@ -58,7 +68,7 @@ def views(images: tf.Tensor, seed: tf.Tensor, size: int, min_scale: float, jitte
     def uniform(i: int, low: float = 0.0, high: float = 1.0, shape: Any = None) -> tf.Tensor:
         return tf.random.stateless_uniform([n] if shape is None else shape, s[i], low, high)
 
-    area = uniform(0, min_scale, 1.0)
+    area = uniform(0, min_scale, max_scale)
     ratio = tf.exp(uniform(1, math.log(3 / 4), math.log(4 / 3)))
     h = tf.minimum(tf.sqrt(area / ratio), 1.0)
     w = tf.minimum(tf.sqrt(area * ratio), 1.0)
@@ -91,43 +101,72 @@ def _grey(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
 
 
-def view_pairs(size: int, min_scale: float, jitter: float) -> Callable[..., Any]:
-    """``(seed, (images, y)) -> ({view1, view2}, y)`` for :func:`pipeline.training.inputs.epoch_batches`' batches."""
+def view_names(small_crops: int = 0) -> tuple[str, ...]:
+    """The training model's inputs: the two views, then ``small_crops`` small ones (``small1``...)."""
+    return VIEWS + tuple(f"small{i}" for i in range(1, small_crops + 1))
+
+
+def view_pairs(size: int, min_scale: float, jitter: float, small: tuple[int, int, float] = (0, 0, 0.0)) -> Callable[..., Any]:
+    """``(seed, (images, y)) -> ({view1, view2, small...}, y)`` for :func:`pipeline.training.inputs.epoch_batches`' batches.
+
+    ``small`` = (count, px, smallest area): the multi-crop views (Caron et al. 2020), cropped from
+    ``smallest area``..``min_scale`` of the photo, the areas the two views' crops start from.
+    """
+    count, small_size, small_min = small
 
     def pair(seed: tf.Tensor, batch: tuple[dict[str, tf.Tensor], tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
         images = batch[0]["image"]
-        first, second = (views(images, seed + k, size, min_scale, jitter) for k in (0, 1))
-        return {VIEWS[0]: first, VIEWS[1]: second}, batch[1]
+        out = {name: views(images, seed + k, size, min_scale, jitter) for k, name in enumerate(VIEWS)}
+        for k, name in enumerate(view_names(count)[len(VIEWS) :], start=len(VIEWS)):
+            out[name] = views(images, seed + k, small_size, small_min, jitter, max_scale=min_scale)
+        return out, batch[1]
 
     return pair
 
 
-def nt_xent(temperature: float) -> Callable[[Any, Any], Any]:
-    """SimCLR's loss on ``y_pred`` = both views' projections side by side ``[B, 2 * d]``; ``y_true`` is ignored.
+def nt_xent(temperature: float, decoupled: bool = False, views: int = 2) -> Callable[[Any, Any], Any]:
+    """SimCLR's loss on ``y_pred`` = the views' projections side by side ``[B, views * d]``; ``y_true`` is ignored.
 
-    Each of the 2B projections must pick its partner among the other 2B - 1 by
-    cosine similarity / ``temperature``; the per-photo loss is the mean of its two
-    cross-entropies.
+    For a pair of views, each of the 2B projections must pick its partner among the
+    other 2B - 1 by cosine similarity / ``temperature``; the pair's per-photo loss is
+    the mean of its two cross-entropies. ``decoupled`` drops the partner from the
+    softmax's denominator (DCL, Yeh et al. 2022): the positive no longer damps the
+    gradient of the negatives, which matters most at small batches and short
+    schedules. Views beyond the first two (multi-crop) are paired with each of
+    those two, never with each other; the loss is the mean over the pairs.
     """
     import tensorflow as tf
 
-    def loss(y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
-        z1, z2 = tf.split(tf.math.l2_normalize(tf.reshape(y_pred, [tf.shape(y_pred)[0], 2, -1]), axis=-1), 2, axis=1)
-        z = tf.concat([z1[:, 0], z2[:, 0]], axis=0)
+    pairs = [(0, 1)] + [(g, j) for j in range(2, views) for g in (0, 1)]
+
+    def pair_loss(z1: tf.Tensor, z2: tf.Tensor) -> tf.Tensor:
+        z = tf.concat([z1, z2], axis=0)
         n = tf.shape(z1)[0]
         logits = tf.matmul(z, z, transpose_b=True) / temperature - 1e9 * tf.eye(2 * n)
         partners = tf.concat([tf.range(n, 2 * n), tf.range(n)], axis=0)
-        per_view = tf.nn.sparse_softmax_cross_entropy_with_logits(partners, logits)
+        if decoupled:
+            positive = tf.gather(logits, partners, axis=1, batch_dims=1)
+            per_view = tf.reduce_logsumexp(logits - 1e9 * tf.one_hot(partners, 2 * n), axis=1) - positive
+        else:
+            per_view = tf.nn.sparse_softmax_cross_entropy_with_logits(partners, logits)
         return (per_view[:n] + per_view[n:]) / 2
+
+    def loss(y_true: Any, y_pred: tf.Tensor) -> tf.Tensor:
+        z = tf.math.l2_normalize(tf.reshape(y_pred, [tf.shape(y_pred)[0], views, -1]), axis=-1)
+        return tf.add_n([pair_loss(z[:, a], z[:, b]) for a, b in pairs]) / len(pairs)
 
     return loss
 
 
-def simclr_model(backbone: Any, projection_dim: int) -> Any:
-    """Two view inputs -> the shared ``backbone`` -> a projection head -> both projections ``[B, 2 * projection_dim]``."""
+def simclr_model(backbone: Any, projection_dim: int, size: int = 0, small: tuple[int, int] = (0, 0)) -> Any:
+    """The views -> the shared ``backbone`` -> a projection head -> all projections ``[B, views * projection_dim]``.
+
+    The two views are ``size`` px (0: the backbone's input size); ``small`` = (count, px) adds the
+    multi-crop inputs, for which the backbone must take any size (input ``[None, None, 3]``).
+    """
     import keras
 
-    size = backbone.inputs[0].shape[1]
+    size = size or backbone.inputs[0].shape[1]
     dim = backbone.outputs[0].shape[-1]
     head = keras.Sequential(
         [
@@ -139,24 +178,34 @@ def simclr_model(backbone: Any, projection_dim: int) -> Any:
         ],
         name="projection",
     )
-    inputs = [keras.Input((size, size, 3), name=name) for name in VIEWS]
+    count, small_size = small
+    names = view_names(count)
+    inputs = [keras.Input((size, size, 3) if name in VIEWS else (small_size, small_size, 3), name=name) for name in names]
     out = keras.layers.Concatenate(name="projections")([head(backbone(v)) for v in inputs])
-    return keras.Model(dict(zip(VIEWS, inputs)), out, name="simclr")
+    return keras.Model(dict(zip(names, inputs)), out, name="simclr")
 
 
 def probe(backbone: Any, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, float]:
     """``knn_accuracy`` (k nearest by cosine) and ``linear_probe_accuracy`` of the features, fitted on ``train``."""
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return backbone.predict(images.astype(np.float32), batch_size=128, verbose=0)
+
+    (x_train, y_train), (x_test, y_test) = train, test
+    return feature_probes((embed(x_train), y_train), (embed(x_test), y_test), k)
+
+
+def feature_probes(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int) -> dict[str, float]:
+    """:func:`probe` on features already computed: ``(features [n, d], labels)`` for each side, L2-normalised here."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    def embed(images: np.ndarray) -> np.ndarray:
-        f = backbone.predict(images.astype(np.float32), batch_size=128, verbose=0)
+    def l2(f: np.ndarray) -> np.ndarray:
         return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
-    (x_train, y_train), (x_test, y_test) = train, test
-    f_train, f_test = embed(x_train), embed(x_test)
+    (f_train, y_train), (f_test, y_test) = (l2(train[0]), train[1]), (l2(test[0]), test[1])
     knn = KNeighborsClassifier(n_neighbors=min(k, len(y_train)), metric="cosine").fit(f_train, y_train)
     linear = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(f_train, y_train)
     return {
@@ -192,13 +241,15 @@ def fit_simclr(
     build = ENCODERS[cfg.encoder]
     knobs = {"width": cfg.width, "plan_size": image_size, **({"extra": cfg.extra} if cfg.encoder == "resnet" else {})}
     train_size = cfg.train_size or image_size
-    encoder = build(train_size, mean, variance, **knobs)
-    model = simclr_model(encoder, cfg.projection_dim)
+    small = (cfg.small_crops, cfg.small_size, cfg.small_min_scale)
+    encoder = build(None if cfg.small_crops else train_size, mean, variance, **knobs)  # multi-crop: any size
+    model = simclr_model(encoder, cfg.projection_dim, train_size, small[:2])
     batch_size = min(cfg.batch_size, len(pixels))
     steps = -(-len(pixels) // batch_size)
     lr = warmup_cosine(cfg.learning_rate, cfg.epochs, cfg.warmup, steps)
-    model.compile(keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay), nt_xent(cfg.temperature))
-    pairs = view_pairs(train_size, cfg.min_scale, cfg.jitter)
+    loss = nt_xent(cfg.temperature, cfg.loss == "dcl", 2 + cfg.small_crops)
+    model.compile(keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay), loss)
+    pairs = view_pairs(train_size, cfg.min_scale, cfg.jitter, small)
     unlabeled = np.zeros(len(pixels), np.float32)  # Keras wants targets; the loss ignores them
 
     def data(epochs: range):  # noqa: ANN202
